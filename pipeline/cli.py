@@ -1,0 +1,225 @@
+"""The `pipeline` command.
+
+    pipeline run jobs/sample.yaml                      # a job spec
+    pipeline run --input DATA --output OUT --tasks sentiment,translation --target-lang fr
+    pipeline runs OUT                                  # the ledger of runs of an output
+    pipeline models pull                               # prepare the default model once
+    pipeline validate jobs/sample.yaml                 # check a spec, start nothing
+
+Heavy imports (ray, vllm, torch) happen inside the commands, so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+logger = logging.getLogger("pipeline")
+
+
+def _spec_from_args(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from pipeline.config import JobSpec, deep_merge
+
+    over: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = over
+        *head, last = path.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+
+    put("input.paths", args.input)
+    put("input.format", args.format)
+    put("input.text_field", args.text_field)
+    put("input.id_field", args.id_field)
+    put("output.path", args.output)
+    put("output.rows_per_unit", args.rows_per_unit)
+    put("model.path", args.model)
+    put("engine.max_model_len", args.max_model_len)
+    put("engine.dtype", args.dtype)
+    put("engine.device", args.device)
+    put("engine.batch_rows", args.batch_rows)
+    put("resources.actors", args.actors)
+    put("resources.ray_address", args.address)
+    if args.incremental:
+        over["incremental"] = True
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        tasks: dict[str, Any] = {n: {} for n in names}
+        if "translation" in tasks:
+            if args.target_lang:
+                tasks["translation"]["target_lang"] = args.target_lang
+            if args.source_lang:
+                tasks["translation"]["source_lang"] = args.source_lang
+        over["tasks"] = tasks
+    elif args.target_lang or args.source_lang:
+        t = {"target_lang": args.target_lang} if args.target_lang else {}
+        if args.source_lang:
+            t["source_lang"] = args.source_lang
+        over.setdefault("tasks", {})["translation"] = t
+    try:
+        if args.spec:
+            spec = JobSpec.from_yaml(args.spec, over)
+        else:
+            spec = JobSpec.model_validate(deep_merge({}, over))
+    except ValidationError as e:
+        raise SystemExit(_validation_message(e, args.spec)) from None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    return spec
+
+
+def _validation_message(e, spec_path: Optional[str]) -> str:
+    where = f" in {spec_path}" if spec_path else ""
+    lines = [f"error: invalid job{where}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    from pipeline.batch.runner import RunError, run
+    from pipeline.engine.models import ModelError
+    from pipeline.io.sources import InputError
+
+    try:
+        summary = run(spec, force=args.force)
+    except (RunError, ModelError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"\nrun {s.get('run_id', '?')}: {s.get('status')}  output: {s.get('output', '')}")
+    if s.get("status") == "up-to-date":
+        print("  nothing to compute: every input row is already published (use --force to recompute)")
+    print(f"  rows: {s.get('rows', 0):,}  computed now: {s.get('rows_computed', 0):,}  resumed: {s.get('rows_resumed', 0):,}")
+    for task, c in sorted(s.get("tasks", {}).items()):
+        print(f"  {task:<14} ok {c.get('ok', 0):>8,}   failed {c.get('error', 0):>6,}")
+    if s.get("error_kinds"):
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["error_kinds"].items()))
+        print(f"  error records by kind: {kinds}  (see errors/)")
+    print(f"  tokens in {s.get('prompt_tokens', 0):,}  out {s.get('output_tokens', 0):,}")
+    if s.get("rows_per_second") is not None:
+        print(f"  throughput: {s['rows_per_second']:,} rows/s, {s['output_tokens_per_second']:,} output tok/s "
+              f"(pipeline {s.get('pipeline_seconds')}s, incl. engine start-up)")
+    print(f"  wall time: {s.get('wall_seconds')}s")
+    if s.get("output"):
+        print(f"  summary: {s['output'].rstrip('/')}/summary.json")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    print(json.dumps(spec.model_dump(), indent=2))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipeline.io.commit import read_manifest
+    from pipeline.io.store import Store
+
+    store = Store(args.output)
+    manifest = read_manifest(store) or {}
+    published = set(manifest.get("runs", []))
+    entries = [store.read_json(rel) for rel in store.list("_runs", suffix=".json")]
+    entries = sorted((e for e in entries if e), key=lambda e: e.get("started_at", 0))
+    if args.json:
+        print(json.dumps(entries, indent=1))
+        return 0
+    print(f"{'run':<14}{'status':<12}{'live':<6}{'files':>6}{'rows':>10}  started")
+    import datetime as dt
+
+    for e in entries:
+        started = dt.datetime.fromtimestamp(e.get("started_at", 0)).isoformat(timespec="seconds")
+        rows = e.get("summary", {}).get("rows", "")
+        live = "yes" if e["run_id"] in published else ""
+        print(f"{e['run_id']:<14}{e.get('status', '?'):<12}{live:<6}{len(e.get('inputs', [])):>6}{rows:>10}  {started}")
+    if manifest:
+        print(f"published version {manifest.get('version')}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.engine.models import ModelError, default_model_path, ensure_default_model
+
+    if args.action == "path":
+        print(default_model_path())
+        return 0
+    try:
+        print(ensure_default_model(force=args.force))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", nargs="?", help="job spec (YAML); flags below override its fields")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs, s3:// or http(s):// URIs")
+    p.add_argument("--output", metavar="DIR", help="output folder (local or s3://)")
+    p.add_argument("--tasks", help="comma-separated: sentiment,summarization,translation")
+    p.add_argument("--target-lang", help="translation target language (required for translation)")
+    p.add_argument("--source-lang", help="translation source language (optional)")
+    p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--text-field", help="column with the text (default: text)")
+    p.add_argument("--id-field", help="column with a unique row id (default: source file and position)")
+    p.add_argument("--format", choices=["auto", "jsonl", "csv", "text", "parquet"])
+    p.add_argument("--rows-per-unit", type=int, help="rows per commit unit (resume granularity)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-rows", type=int, help="rows handed to an engine at once")
+    p.add_argument("--actors", type=int, help="inference actors (one engine each)")
+    p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")
+    p.add_argument("--incremental", action="store_true", help="only input files no earlier run committed")
+    p.add_argument("--force", action="store_true", help="recompute even if this exact run is already published")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Batch LLM inference over text corpora (Ray Data + vLLM).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a batch job (resumes an interrupted one)")
+    _add_job_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="validate a job spec and print it resolved; starts nothing")
+    _add_job_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("runs", help="list the runs recorded in an output folder")
+    p.add_argument("output")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("models", help="the default model: prepare it ('pull') or print its path")
+    p.add_argument("action", choices=["pull", "path"])
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # vLLM spawns processes: entry points need this guard
+    sys.exit(main())

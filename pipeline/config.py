@@ -1,0 +1,224 @@
+"""Typed models of a job: input, output, tasks, model, engine, resources.
+
+A job spec (YAML) and the CLI flags both become a `JobSpec`; validation happens here,
+before any engine or cluster starts, and errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TASK_NAMES = ("sentiment", "summarization", "translation")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Model):
+    paths: list[str] = Field(
+        min_length=1,
+        description="Files, folders, globs or URIs (s3://, gs://, http(s)://). Folders are read recursively.",
+    )
+    format: Literal["auto", "jsonl", "csv", "text", "parquet"] = Field(
+        "auto", description="Record format; 'auto' picks it from the extension (after .gz/.bz2/.zst)."
+    )
+    text_field: str = Field("text", description="Column holding the document text (ignored for plain text).")
+    id_field: Optional[str] = Field(
+        None,
+        description="Column holding a unique row id. Without it, ids are '<source uri>#<position>', stable across runs.",
+    )
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter.")
+
+
+class OutputConfig(_Model):
+    path: str = Field(description="Output folder (local path or s3:// URI). Holds one Parquet dataset per task.")
+    rows_per_unit: int = Field(
+        1000,
+        ge=1,
+        description="Rows per commit unit: the granularity of atomic commits and of resume after a crash.",
+    )
+
+
+class SamplingOverride(_Model):
+    """Any subset of vLLM SamplingParams fields; merged over the task's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    temperature: Optional[float] = Field(None, ge=0)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = Field(None, ge=1)
+    min_tokens: Optional[int] = Field(None, ge=0)
+    repetition_penalty: Optional[float] = Field(None, gt=0)
+    ignore_eos: Optional[bool] = None
+    seed: Optional[int] = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class PromptOverride(_Model):
+    system: Optional[str] = Field(None, description="System message; replaces the task's default instruction.")
+    user: Optional[str] = Field(
+        None,
+        description="User message template; must contain '{text}'. Other fields: the task's parameters, e.g. {target_lang}.",
+    )
+
+    @field_validator("user")
+    @classmethod
+    def _has_text(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and "{text}" not in v:
+            raise ValueError("the user template must contain '{text}'")
+        return v
+
+
+class _TaskBase(_Model):
+    prompt: PromptOverride = Field(default_factory=PromptOverride, description="Prompt overrides.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride, description="Sampling overrides.")
+
+
+class SentimentConfig(_TaskBase):
+    labels: list[str] = Field(
+        ["positive", "negative", "neutral"],
+        min_length=2,
+        description="Allowed labels; every answer is one of them (vLLM structured outputs).",
+    )
+
+
+class SummarizationConfig(_TaskBase):
+    max_words: int = Field(60, ge=5, le=1000, description="Length bound given to the model, in words.")
+
+
+class TranslationConfig(_TaskBase):
+    target_lang: str = Field(description="Target language, e.g. 'fr' or 'French'.")
+    source_lang: Optional[str] = Field(None, description="Source language; the model infers it when omitted.")
+
+
+class TasksConfig(_Model):
+    sentiment: Optional[SentimentConfig] = None
+    summarization: Optional[SummarizationConfig] = None
+    translation: Optional[TranslationConfig] = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> "TasksConfig":
+        if not self.enabled():
+            raise ValueError("at least one task is required (sentiment, summarization, translation)")
+        return self
+
+    def enabled(self) -> dict[str, _TaskBase]:
+        return {n: getattr(self, n) for n in TASK_NAMES if getattr(self, n) is not None}
+
+
+class ModelConfig(_Model):
+    path: Optional[str] = Field(
+        None,
+        description="Local Hugging Face-format model folder. Default: SmolLM2-135M-Instruct, prepared once into the cache.",
+    )
+
+
+class EngineConfig(_Model):
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses CUDA when the installed vLLM build and a GPU allow it, else the CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="'auto': float32 on CPUs without native bf16 (about 3x faster there), bfloat16 on those with it; the model's dtype on GPUs.",
+    )
+    max_model_len: int = Field(2048, ge=128, description="Context length (prompt + output tokens).")
+    max_num_seqs: int = Field(256, ge=1, description="Most sequences the engine batches at once.")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="CPU only: KV cache size per engine, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: fraction of GPU memory for vLLM.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
+    seed: int = Field(0, description="Engine seed, for reproducible sampling.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism).")
+    enforce_eager: bool = Field(True, description="Skip graph capture: faster start-up, small cost on GPUs.")
+    cpu_threads: Optional[int] = Field(None, ge=1, description="CPU only: OpenMP threads per engine (default: the actor's CPUs).")
+    context_policy: Literal["truncate", "reject"] = Field(
+        "truncate",
+        description="Text too long for max_model_len: 'truncate' keeps its start (output column input_truncated=true); 'reject' makes an error record.",
+    )
+    batch_rows: int = Field(
+        256, ge=1, description="Rows handed to an engine at once; each becomes one request per task, all in flight together."
+    )
+
+
+class ResourcesConfig(_Model):
+    actors: int = Field(1, ge=1, description="Inference actors, one vLLM engine each.")
+    cpus_per_actor: float = Field(1, gt=0, description="Logical CPUs reserved per actor.")
+    gpus_per_actor: Optional[float] = Field(
+        None, ge=0, description="GPUs per actor; default tensor_parallel_size on CUDA, 0 on the CPU."
+    )
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); default starts a local one in-process."
+    )
+    num_cpus: Optional[int] = Field(None, ge=1, description="Logical CPUs of the in-process local cluster.")
+
+
+class JobSpec(_Model):
+    input: InputConfig
+    output: OutputConfig
+    tasks: TasksConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    incremental: bool = Field(
+        False, description="Process only input files that no earlier run committed (nightly runs over a growing folder)."
+    )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "JobSpec":
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a job spec is a YAML mapping, got {type(data).__name__}")
+        base = Path(path).resolve().parent
+        _resolve_relative_paths(data, base)
+        return cls.model_validate(deep_merge(data, overrides or {}))
+
+    def result_fingerprint(self, model_id: str) -> str:
+        """Hash of everything that changes results: a new value means a new run, never mixed output."""
+        relevant = {
+            "input": self.input.model_dump(exclude={"paths"}),
+            "tasks": self.tasks.model_dump(),
+            "model": model_id,
+            "engine": self.engine.model_dump(include={"dtype", "max_model_len", "seed", "context_policy"}),
+        }
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Paths in a spec are relative to the spec file, so a spec runs from any directory."""
+
+    def fix(p: str) -> str:
+        if "://" in p or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve()) if not p.startswith("~") else str(Path(p).expanduser())
+
+    inp = data.get("input")
+    if isinstance(inp, dict) and isinstance(inp.get("paths"), list):
+        inp["paths"] = [fix(p) if isinstance(p, str) else p for p in inp["paths"]]
+    out = data.get("output")
+    if isinstance(out, dict) and isinstance(out.get("path"), str):
+        out["path"] = fix(out["path"])
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str):
+        model["path"] = fix(model["path"])

@@ -1,0 +1,67 @@
+"""Turn (task, text) into prompt token ids through the model's chat template.
+
+Shared by the batch actor and the online endpoint. Length policy lives here too: a text
+that does not leave room for the task's output tokens is truncated (its start kept) or
+rejected, as the job says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.tasks.base import Task
+
+
+class PromptTooLong(ValueError):
+    """The text does not fit the context (policy 'reject'); becomes an error record."""
+
+
+def render_text(task: Task, text: str, tokenizer: Any) -> str:
+    messages = task.messages(text)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # Base models without a chat template: a plain instruction layout.
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def _encode(prompt: str, tokenizer: Any) -> list[int]:
+    # The chat template already wrote BOS where the model wants it.
+    return tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def render_tokens(
+    task: Task, text: str, tokenizer: Any, max_model_len: int, policy: str
+) -> tuple[list[int], bool]:
+    """Prompt token ids and whether the text was truncated to fit."""
+    budget = max_model_len - task.max_output_tokens()
+    if policy == "truncate":
+        # No tokenizer we know packs more than ~32 characters into a token on average text:
+        # cutting far-too-long text first keeps tokenizing a 1 MB document cheap.
+        cap = budget * 32
+        truncated = len(text) > cap
+        if truncated:
+            text = text[:cap]
+    else:
+        truncated = False
+    ids = _encode(render_text(task, text, tokenizer), tokenizer)
+    if len(ids) <= budget:
+        return ids, truncated
+    if policy == "reject":
+        raise PromptTooLong(
+            f"prompt is {len(ids)} tokens; max_model_len {max_model_len} leaves {budget} after "
+            f"{task.max_output_tokens()} output tokens (raise engine.max_model_len or use context_policy: truncate)"
+        )
+    text_ids = tokenizer.encode(text, add_special_tokens=False)
+    overhead = len(ids) - len(text_ids)
+    keep = budget - overhead
+    for _ in range(4):  # re-tokenizing at the cut can shift a few tokens; converge quickly
+        if keep <= 0:
+            raise PromptTooLong(
+                f"the prompt template alone takes {overhead} tokens, more than the {budget} available"
+            )
+        cut = tokenizer.decode(text_ids[:keep], skip_special_tokens=True)
+        ids = _encode(render_text(task, cut, tokenizer), tokenizer)
+        if len(ids) <= budget:
+            return ids, True
+        keep -= len(ids) - budget
+    raise PromptTooLong(f"could not truncate the text to fit {budget} tokens")

@@ -1,0 +1,54 @@
+"""Sentiment: one label from a fixed set, enforced by vLLM structured outputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.tasks.base import Completion, Task, TaskOutputError
+
+
+class Sentiment(Task):
+    name = "sentiment"
+    extra_columns = [
+        pa.field("label", pa.string()),
+        # Model probability of the emitted label (exp of its tokens' summed log-probs).
+        pa.field("score", pa.float64()),
+    ]
+    default_system = (
+        "You are a sentiment classifier. Read the user's text and answer with exactly one word: "
+        "{labels}."
+    )
+    default_user = "Text: {text}\nSentiment:"
+    default_sampling = {"max_tokens": 8, "logprobs": 1}
+
+    def params(self) -> dict[str, Any]:
+        return {"labels": ", ".join(self.cfg.labels)}
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        kw = super().sampling_kwargs()
+        # The label set is part of the task definition, not a tunable: keep it enforced.
+        kw["structured_outputs"] = {"choice": list(self.cfg.labels)}
+        return kw
+
+    def sampling_params(self):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kw = self.sampling_kwargs()
+        so = StructuredOutputsParams(**kw.pop("structured_outputs"))
+        return SamplingParams(structured_outputs=so, **kw)
+
+    def parse(self, completion: Completion) -> dict[str, Any]:
+        label = completion.text.strip()
+        if label not in self.cfg.labels:
+            raise TaskOutputError(
+                f"answer {completion.text!r} is not one of {self.cfg.labels} "
+                f"(finish_reason={completion.finish_reason}); raise sampling.max_tokens if it was cut"
+            )
+        score = None
+        if completion.cumulative_logprob is not None and math.isfinite(completion.cumulative_logprob):
+            score = math.exp(completion.cumulative_logprob)
+        return {"output_text": label, "label": label, "score": score}

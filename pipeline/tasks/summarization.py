@@ -1,0 +1,32 @@
+"""Summarization with a length bound in words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.tasks.base import Task
+
+
+class Summarization(Task):
+    name = "summarization"
+    extra_columns = [pa.field("max_words", pa.int32())]
+    default_system = (
+        "You are a careful editor. Summarize the user's text in at most {max_words} words. "
+        "Reply with the summary only."
+    )
+    default_user = "{text}"
+
+    def params(self) -> dict[str, Any]:
+        return {"max_words": self.cfg.max_words}
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        # About 1.5 tokens per English word, plus slack; an explicit override wins.
+        kw = super().sampling_kwargs()
+        if self.cfg.sampling.max_tokens is None:
+            kw["max_tokens"] = int(self.cfg.max_words * 1.5) + 16
+        return kw
+
+    def parse(self, completion) -> dict[str, Any]:
+        return {"output_text": completion.text.strip(), "max_words": self.cfg.max_words}
