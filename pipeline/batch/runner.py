@@ -90,13 +90,13 @@ def _committed_inputs(store: Store, manifest: Optional[dict], config_fp: str) ->
 
 
 # -- reading (runs in Ray tasks) ---------------------------------------------------------
-def read_sources(batch: dict[str, Any], input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
+def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
     """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows."""
     from pipeline.io.readers import read_units
     from pipeline.io.sources import SourceFile
 
     cfg = InputConfig.model_validate_json(input_json)
-    for src_json, done_json in zip(batch["source"], batch["done"]):
+    for src_json, done_json in zip(batch["source"].to_pylist(), batch["done"].to_pylist()):
         src = SourceFile(**json.loads(src_json))
         done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
         skip = {u for u, d in done.items() if d["full"]}
