@@ -145,6 +145,11 @@ class EngineConfig(_Model):
         "truncate",
         description="Text too long for max_model_len: 'truncate' keeps its start (output column input_truncated=true); 'reject' makes an error record.",
     )
+    hang_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="An engine that finishes no request for this long while busy is treated as dead (actor restarted).",
+    )
     batch_rows: int = Field(
         256, ge=1, description="Rows handed to an engine at once; each becomes one request per task, all in flight together."
     )
@@ -155,6 +160,9 @@ class ResourcesConfig(_Model):
     cpus_per_actor: float = Field(1, gt=0, description="Logical CPUs reserved per actor.")
     gpus_per_actor: Optional[float] = Field(
         None, ge=0, description="GPUs per actor; default tensor_parallel_size on CUDA, 0 on the CPU."
+    )
+    max_actor_restarts: int = Field(
+        3, ge=0, description="Restarts per inference actor (engine death, hang, lost node) before the run fails."
     )
     ray_address: Optional[str] = Field(
         None, description="Ray cluster to join ('auto', 'ray://host:10001'); default starts a local one in-process."

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from collections import defaultdict
 from typing import Any, Optional
@@ -70,6 +72,30 @@ class InferenceActor:
         self.engine = Engine(model_path, self.spec.engine).start()
         self.tokenizer = self.engine.tokenizer
         self.params = [t.sampling_params() for t in self.tasks]
+        threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        """A hung engine is a dead engine: exit, so that Ray restarts the actor and retries the batch."""
+        timeout = self.spec.engine.hang_timeout_s
+        reported, last_report = 0, 0.0
+        while True:
+            time.sleep(min(1.0, timeout / 4))
+            if self.engine.is_dead():
+                self._die(RuntimeError("the engine-core process exited"))
+            done = self.engine.finished_requests
+            now = time.monotonic()
+            if self.progress is not None and done > reported and now - last_report >= 2:
+                self.progress.record.remote({"requests": done - reported})  # live, between commits
+                reported, last_report = done, now
+            stalled = self.engine.stalled_for()
+            if stalled > timeout:
+                logger.error("engine made no progress for %.0fs (hang_timeout_s=%s): restarting the actor", stalled, timeout)
+                os._exit(70)
+
+    @staticmethod
+    def _die(exc: BaseException) -> None:
+        logger.error("vLLM engine died (%s: %s): restarting the actor; its batch will be retried", type(exc).__name__, exc)
+        os._exit(71)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cols = batch.to_pydict()
@@ -173,7 +199,7 @@ class InferenceActor:
             return self.engine.generate(prompts, params)
         except Exception as e:  # noqa: BLE001
             if _is_fatal(e):
-                raise
+                self._die(e)
             if len(prompts) == 1:
                 return [e]
             logger.warning("generation failed for %d requests (%s); isolating the bad one", len(prompts), e)

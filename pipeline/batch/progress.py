@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")
+FIELDS = ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read", "requests")
 
 
 class ProgressCounter:
@@ -32,7 +32,7 @@ class ProgressReporter:
     """Polls the counter actor from a daemon thread until stopped."""
 
     def __init__(self, counter: Any, total_bytes: Optional[int], interactive: Optional[bool] = None,
-                 interval: float = 1.0, log_every: float = 15.0):
+                 interval: float = 1.0, log_every: float = 10.0):
         self.counter = counter
         self.total_bytes = total_bytes if total_bytes and total_bytes > 0 else None
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
@@ -64,7 +64,8 @@ class ProgressReporter:
 
     def _line(self, s: dict[str, int]) -> str:
         el = max(time.monotonic() - self._t0, 1e-9)
-        parts = [f"rows {s['rows']:,} (ok {s['ok']:,}, errors {s['errors']:,})",
+        parts = [f"rows {s['rows']:,} committed (task results ok {s['ok']:,}, errors {s['errors']:,})",
+                 f"{s['requests']:,} requests done",
                  f"{s['rows'] / el:,.1f} rows/s", f"{s['output_tokens'] / el:,.1f} tok/s"]
         if self.total_bytes:
             frac = min(s["bytes_read"] / self.total_bytes, 1.0)
@@ -86,7 +87,8 @@ class ProgressReporter:
             if bar is not None:
                 bar.update(s["bytes_read"] - bar.n)
                 el = max(time.monotonic() - self._t0, 1e-9)
-                bar.set_postfix(rows=s["rows"], errors=s["errors"], tok_s=f"{s['output_tokens'] / el:.0f}", refresh=False)
+                bar.set_postfix(rows=s["rows"], requests=s["requests"], errors=s["errors"],
+                                tok_s=f"{s['output_tokens'] / el:.0f}", refresh=False)
             elif time.monotonic() - last_log >= self.log_every:
                 logger.info("progress: %s", self._line(s))
                 last_log = time.monotonic()

@@ -271,8 +271,10 @@ def _execute(plan: RunPlan, parts: list[dict[str, Any]], interactive: Optional[b
             "run_id": plan.run_id,
             "progress": counter,
         },
-        concurrency=r.actors,
+        compute=ray.data.ActorPoolStrategy(size=r.actors),
         num_cpus=r.cpus_per_actor,
+        max_restarts=r.max_actor_restarts,
+        max_task_retries=-1,
         num_gpus=device_gpus,
     )
     total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None

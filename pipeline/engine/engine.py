@@ -86,6 +86,10 @@ class Engine:
         self.device: Optional[str] = None
         self.dtype: Optional[str] = None
         self.load_seconds: Optional[float] = None
+        # Liveness: time of the last finished request while a generate call is running.
+        self.busy = False
+        self.last_progress = time.monotonic()
+        self.finished_requests = 0  # running count, for live progress
 
     # -- lifecycle ------------------------------------------------------------------
     def engine_kwargs(self, device: str) -> dict[str, Any]:
@@ -169,9 +173,15 @@ class Engine:
             return []
         from vllm.inputs import TokensPrompt
 
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], list(params), use_tqdm=False
-        )
+        self.busy, self.last_progress = True, time.monotonic()
+        try:
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                list(params),
+                use_tqdm=self._heartbeat_bar(),
+            )
+        finally:
+            self.busy = False
         result = []
         for out in outs:
             o = out.outputs[0]
@@ -187,6 +197,40 @@ class Engine:
                 )
             )
         return result
+
+    def is_dead(self) -> bool:
+        """True once vLLM's client has seen its engine-core process exit. A blocking
+        generate() does not always raise then, so callers poll this."""
+        if self._llm is None:
+            return False
+        core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+    def stalled_for(self) -> float:
+        """Seconds a running generate call has gone without finishing a request (0 when idle)."""
+        return time.monotonic() - self.last_progress if self.busy else 0.0
+
+    def _heartbeat_bar(self):
+        """vLLM updates a tqdm-like bar as requests finish: we use it as a heartbeat."""
+        from tqdm import tqdm
+
+        engine = self
+
+        class Heartbeat(tqdm):
+            def __init__(self, *a, **kw):
+                kw.update(file=open(os.devnull, "w"), mininterval=3600)  # noqa: SIM115
+                super().__init__(*a, **kw)
+
+            def update(self, n=1):
+                engine.last_progress = time.monotonic()
+                engine.finished_requests += n
+                return super().update(n)
+
+            def close(self):
+                super().close()
+                self.fp.close()
+
+        return Heartbeat
 
     def metrics(self) -> dict[str, float]:
         """Counters from the engine (prefix-cache queries and hits, tokens), where vLLM exposes them."""

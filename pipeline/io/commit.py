@@ -128,7 +128,8 @@ class RunCommitter:
 
     def execute_publish(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Idempotent, so a publish killed at any step is finished by running it again."""
-        for src, dst in plan["moves"]:
+        for i, (src, dst) in enumerate(plan["moves"]):
+            _fault_point("publish-move", i)
             self.store.move(src, dst)
         self.store.write_json(MANIFEST, plan["manifest"])  # the switch: one atomic write
         for rel in plan["delete"]:
@@ -137,6 +138,15 @@ class RunCommitter:
         self.store.delete_dir(self.staging)
         logger.info("published version %s of %s", plan["manifest"]["version"], self.store.root_uri)
         return plan["manifest"]
+
+
+def _fault_point(name: str, i: int) -> None:
+    """Crash here when PIPELINE_FAULT=name:i: how the tests kill a run inside its commit phase."""
+    import os
+
+    if os.environ.get("PIPELINE_FAULT") == f"{name}:{i}":
+        logger.error("PIPELINE_FAULT=%s:%d: crashing on purpose", name, i)
+        os._exit(86)
 
 
 def check_coverage(parts: Iterable[dict[str, Any]]) -> None:
