@@ -18,7 +18,7 @@ import csv
 import gzip
 import io
 import json
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
 
@@ -100,6 +100,23 @@ def _json_type(v: Any) -> str:
 
 def _a(word: str) -> str:
     return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _salvage_id(line: bytes, id_field: Optional[str], loads: Callable[[str], Any]) -> Optional[str]:
+    """The id of a JSON line whose bytes are not all UTF-8 (the bad bytes are usually in the
+    text), so that its error record carries the id the user knows."""
+    if id_field is None:
+        return None
+    try:
+        obj = loads(line.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    v = obj.get(id_field) if type(obj) is dict else None
+    if type(v) is int:
+        return str(v)
+    if type(v) is str and v.strip() and _utf8_ok(v):
+        return v
+    return None
 
 
 def _text_problem(t: Any, name: str, where: str, surrogate_kind: str = "invalid_text") -> tuple[str, str]:
@@ -377,7 +394,7 @@ def _jsonl_rows(stream: Any, src: SourceFile, cfg: InputConfig, units: _Units, t
             try:
                 s = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                rows.append((f"{uri}#{pos}", pos, None, "invalid_utf8",
+                rows.append((_salvage_id(line, id_field, loads) or f"{uri}#{pos}", pos, None, "invalid_utf8",
                              f"line {pos + 1}: invalid UTF-8 at byte {e.start}: {e.reason}"))
                 continue
             try:
