@@ -47,6 +47,7 @@ def _spec_from_args(args: argparse.Namespace):
     put("engine.dtype", args.dtype)
     put("engine.device", args.device)
     put("engine.batch_rows", args.batch_rows)
+    put("engine.context_policy", args.context_policy)
     put("resources.actors", args.actors)
     put("resources.ray_address", args.address)
     if args.incremental:
@@ -120,6 +121,22 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  summary: {s['output'].rstrip('/')}/summary.json")
 
 
+def cmd_retry_errors(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args)
+    from pipeline.batch.runner import RunError, retry_errors
+    from pipeline.engine.models import ModelError
+    from pipeline.io.sources import InputError
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    try:
+        summary = retry_errors(spec, kinds)
+    except (RunError, ModelError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_summary(summary)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     print(json.dumps(spec.model_dump(), indent=2))
@@ -181,6 +198,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-rows", type=int, help="rows handed to an engine at once")
+    p.add_argument("--context-policy", choices=["truncate", "reject"], help="text longer than the context")
     p.add_argument("--actors", type=int, help="inference actors (one engine each)")
     p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")
     p.add_argument("--incremental", action="store_true", help="only input files no earlier run committed")
@@ -195,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a batch job (resumes an interrupted one)")
     _add_job_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("retry-errors", help="reprocess error records (dead letters) into the same output")
+    _add_job_args(p)
+    p.add_argument("--kinds", default="generation_error,invalid_output,too_long,read_error",
+                   help="error kinds to retry (comma-separated)")
+    p.set_defaults(func=cmd_retry_errors)
 
     p = sub.add_parser("validate", help="validate a job spec and print it resolved; starts nothing")
     _add_job_args(p)

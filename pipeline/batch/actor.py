@@ -151,9 +151,12 @@ class InferenceActor:
         out: dict[tuple[int, int], dict[str, Any]] = {}
         prompts, params, keys, truncs = [], [], [], []
         max_len, policy = self.spec.engine.max_model_len, self.spec.engine.context_policy
+        only = cols.get("only_tasks")  # set by retry runs: the tasks this row still needs
         for i in rows:
             kind = cols["error_kind"][i]
             for t, task in enumerate(self.tasks):
+                if only is not None and only[i] is not None and task.name not in only[i].split(","):
+                    continue
                 if kind:
                     out[(i, t)] = {"error": (kind, cols["error_message"][i])}
                     continue
@@ -220,7 +223,8 @@ class InferenceActor:
         for t, task in enumerate(self.tasks):
             ok_rows = []
             n_err = 0
-            for i in idx:
+            task_idx = [i for i in idx if (i, t) in results]
+            for i in task_idx:
                 r = results[(i, t)]
                 if "ok" in r:
                     ok_rows.append({**base_of(i), "task": task.name, "model": self.model_name, "run_id": self.run_id, **r["ok"]})
@@ -230,8 +234,11 @@ class InferenceActor:
                     kind, msg = r["error"]
                     err_rows.append({**base_of(i), "task": task.name, "error_kind": kind, "error_message": msg, "run_id": self.run_id})
                     n_err += 1
-            if len(ok_rows) + n_err != len(idx):  # one row in, one row out: never drop or double
-                raise RuntimeError(f"task {task.name}: {len(idx)} rows in, {len(ok_rows) + n_err} out")
+            expected = len(idx) if "only_tasks" not in cols else sum(
+                1 for i in idx if cols["only_tasks"][i] is None or task.name in cols["only_tasks"][i].split(",")
+            )
+            if len(ok_rows) + n_err != expected:  # one row in, one row out: never drop or double
+                raise RuntimeError(f"task {task.name}: {expected} rows in, {len(ok_rows) + n_err} out")
             counts[task.name] = {"ok": len(ok_rows), "error": n_err}
             tables[task.name] = pa.Table.from_pylist(ok_rows, schema=task.schema())
         tables[ERRORS] = pa.Table.from_pylist(err_rows, schema=ERROR_SCHEMA)

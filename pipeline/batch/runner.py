@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import time
 from collections import Counter, defaultdict
 from typing import Any, Iterator, Optional
@@ -96,17 +97,35 @@ def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterat
     from pipeline.io.sources import SourceFile
 
     cfg = InputConfig.model_validate_json(input_json)
-    for src_json, done_json in zip(batch["source"].to_pylist(), batch["done"].to_pylist()):
+    selects = batch["select"].to_pylist() if "select" in batch.column_names else [None] * batch.num_rows
+    for src_json, done_json, select_json in zip(batch["source"].to_pylist(), batch["done"].to_pylist(), selects):
         src = SourceFile(**json.loads(src_json))
         done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
+        select = json.loads(select_json) if select_json else None  # retry: {position: "task,task"}
         skip = {u for u, d in done.items() if d["full"]}
         for table in read_units(src, cfg, rows_per_unit, skip_units=skip):
-            unit = table["unit"][0].as_py()
+            if select is not None:
+                table = _select_rows(table, select)
+            unit = table["unit"][0].as_py() if table.num_rows else None
             ranges = done.get(unit, {}).get("ranges")
             if ranges:
                 table = _drop_ranges(table, ranges)
             if table.num_rows:
                 yield table
+
+
+def _select_rows(table: pa.Table, select: dict[str, str]) -> pa.Table:
+    """Keep the rows a retry asks for, each with the tasks it still needs; the unit then
+    consists of those rows only (so the exactly-once check counts them)."""
+    keep = [str(p) in select for p in table["position"].to_pylist()]
+    total_bytes = pa.compute.sum(table["bytes_read"]).as_py() or 0
+    t = table.filter(pa.array(keep))
+    if not t.num_rows:
+        return t
+    n = t.num_rows
+    t = t.set_column(t.schema.get_field_index("unit_rows"), "unit_rows", pa.array([n] * n, pa.int64()))
+    t = t.set_column(t.schema.get_field_index("bytes_read"), "bytes_read", pa.array([total_bytes] + [0] * (n - 1), pa.int64()))
+    return t.append_column("only_tasks", pa.array([select[str(p)] for p in t["position"].to_pylist()], pa.string()))
 
 
 def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
@@ -227,7 +246,12 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
     return summary
 
 
-def _execute(plan: RunPlan, parts: list[dict[str, Any]], interactive: Optional[bool]) -> dict[str, Any]:
+def _execute(
+    plan: RunPlan,
+    parts: list[dict[str, Any]],
+    interactive: Optional[bool],
+    select: Optional[dict[str, dict[str, str]]] = None,
+) -> dict[str, Any]:
     import ray
 
     from pipeline.batch.actor import InferenceActor
@@ -244,6 +268,9 @@ def _execute(plan: RunPlan, parts: list[dict[str, Any]], interactive: Optional[b
         {"source": json.dumps(dataclasses.asdict(s)), "done": json.dumps(done.get(s.uri, {}))}
         for s in plan.sources
     ]
+    if select is not None:
+        for item, s in zip(items, plan.sources):
+            item["select"] = json.dumps(select.get(s.uri, {}))
     r = spec.resources
     device_gpus = r.gpus_per_actor
     if device_gpus is None:
@@ -326,3 +353,86 @@ def _totals(parts: list[dict[str, Any]], store: Store) -> dict[str, Any]:
         "tasks": {t: dict(c) for t, c in tasks.items()},
         "error_kinds": dict(kinds),
     }
+
+
+# -- dead letters -------------------------------------------------------------------------
+RETRYABLE_KINDS = ("generation_error", "invalid_output", "too_long", "read_error")
+
+
+def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, interactive: Optional[bool] = None) -> dict[str, Any]:
+    """Reprocess the published error records of the given kinds into the same output.
+
+    Each (row, task) in error is computed again with the spec as given (for example a larger
+    max_model_len, or context_policy: truncate); its old error record is taken out of the
+    errors dataset and its new result (or new error) goes in, in one manifest switch, so
+    every row stays exactly once per task.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t_start = time.time()
+    base = make_plan(spec)
+    store = base.store
+    manifest = read_manifest(store)
+    if manifest is None:
+        raise RunError(f"{spec.output.path} has no published output to retry")
+    enabled = set(spec.tasks.enabled())
+    select: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    hit_files = []
+    for rel in manifest["datasets"].get(ERRORS, []):
+        with store.fs.open_input_file(store.path(rel)) as f:
+            t = pq.read_table(f)
+        mask = pc.and_(pc.is_in(t["error_kind"], pa.array(list(kinds))), pc.is_in(t["task"], pa.array(sorted(enabled))))
+        chosen = t.filter(mask)
+        if chosen.num_rows:
+            hit_files.append((rel, t.filter(pc.invert(mask))))
+            for src, pos, task in zip(chosen["source"].to_pylist(), chosen["position"].to_pylist(), chosen["task"].to_pylist()):
+                select[src][str(pos)].add(task)
+    n = sum(len(v) for v in select.values())
+    if not n:
+        logger.info("no error records of kinds %s to retry", ", ".join(kinds))
+        return {"status": "up-to-date", "rows": 0, "rows_computed": 0, "output": spec.output.path}
+
+    by_uri = {s.uri: s for s in base.sources}
+    missing = sorted(set(select) - set(by_uri))
+    if missing:
+        raise RunError(f"cannot retry rows of inputs the job no longer lists: {', '.join(missing[:3])}")
+    sel = {u: {p: ",".join(sorted(ts)) for p, ts in rows.items()} for u, rows in select.items()}
+    h = hashlib.sha256(f"{manifest['version']}|{base.config_fp}|{json.dumps(sel, sort_keys=True)}".encode())
+    run_id = "retry-" + h.hexdigest()[:8]
+    plan = dataclasses.replace(base, run_id=run_id, sources=[by_uri[u] for u in sorted(select)], append=True)
+    committer = plan.committer
+    pending = committer.pending_publish()
+    if pending:
+        committer.execute_publish(pending)
+        return {"status": "published", "run_id": run_id, "rows_computed": 0, "output": spec.output.path}
+
+    # The errors files that lose records, rewritten without them (new names: the old ones
+    # stay readable by the current manifest until the switch).
+    rewrites: dict[str, Optional[str]] = {}
+    for rel, kept in hit_files:
+        if kept.num_rows:
+            stem = posixpath.basename(rel).removesuffix(".parquet")
+            new_rel = f"{committer.staging}/{ERRORS}/{stem}-{run_id}.parquet"
+            store.write_parquet(new_rel, kept)
+            rewrites[rel] = new_rel
+        else:
+            rewrites[rel] = None
+    ledger_rel = f"_runs/{run_id}.json"
+    entry = {"run_id": run_id, "config": plan.config_fp, "status": "running", "kind": "retry-errors",
+             "retried_kinds": list(kinds), "model": plan.model_path, "output": spec.output.path,
+             "inputs": [{"uri": s.uri, "fingerprint": s.fingerprint, "size": s.size} for s in plan.sources],
+             "started_at": t_start, "tasks": sorted(enabled)}
+    store.write_json(ledger_rel, entry)
+    computed = _execute(plan, committer.committed_parts(), interactive, select=sel)
+    parts = committer.committed_parts()
+    totals = _totals(parts, store)
+    manifest = committer.publish(parts, append=True, meta={"config": manifest.get("config"), "model": plan.model_path}, rewrites=rewrites)
+    summary = {"run_id": run_id, "status": "published", "output": spec.output.path, "kind": "retry-errors",
+               "rows": totals["rows"], "rows_computed": computed["rows"], "rows_resumed": totals["rows"] - computed["rows"],
+               "tasks": totals["tasks"], "error_kinds": totals["error_kinds"], "prompt_tokens": totals["prompt_tokens"],
+               "output_tokens": totals["output_tokens"], "wall_seconds": round(time.time() - t_start, 3),
+               "version": manifest["version"]}
+    entry.update(status="published", finished_at=time.time(), summary=summary)
+    store.write_json(ledger_rel, entry)
+    return summary

@@ -90,20 +90,30 @@ class RunCommitter:
         ]
 
     # -- job commit -------------------------------------------------------------------
-    def plan_publish(self, parts: list[dict[str, Any]], append: bool, meta: dict[str, Any]) -> dict[str, Any]:
+    def plan_publish(
+        self,
+        parts: list[dict[str, Any]],
+        append: bool,
+        meta: dict[str, Any],
+        rewrites: Optional[dict[str, Optional[str]]] = None,
+    ) -> dict[str, Any]:
+        """rewrites: published file -> staged replacement (or None to drop it); used when a
+        retry takes error records out of the errors dataset."""
         check_coverage(parts)
         old = read_manifest(self.store) or {"version": 0, "datasets": {}, "runs": []}
+        rewrites = rewrites or {}
         moves = []
         new: dict[str, list[str]] = defaultdict(list)
-        for p in parts:
-            for dataset, src in p["files"].items():
-                dst = f"{dataset}/{posixpath.basename(src)}"
-                moves.append([src, dst])
-                new[dataset].append(dst)
+        staged = [(d, src) for p in parts for d, src in p["files"].items()]
+        staged += [(posixpath.dirname(old_rel), src) for old_rel, src in rewrites.items() if src]
+        for dataset, src in staged:
+            dst = f"{dataset}/{posixpath.basename(src)}"
+            moves.append([src, dst])
+            new[dataset].append(dst)
         datasets: dict[str, list[str]] = defaultdict(list)
         if append:
             for d, files in old["datasets"].items():
-                datasets[d].extend(files)
+                datasets[d].extend(f for f in files if f not in rewrites)
         for d, files in new.items():
             datasets[d].extend(files)
         datasets = {d: sorted(set(f)) for d, f in datasets.items()}
@@ -118,8 +128,14 @@ class RunCommitter:
         }
         return {"moves": moves, "manifest": manifest, "delete": stale}
 
-    def publish(self, parts: list[dict[str, Any]], append: bool, meta: dict[str, Any]) -> dict[str, Any]:
-        plan = self.plan_publish(parts, append, meta)
+    def publish(
+        self,
+        parts: list[dict[str, Any]],
+        append: bool,
+        meta: dict[str, Any],
+        rewrites: Optional[dict[str, Optional[str]]] = None,
+    ) -> dict[str, Any]:
+        plan = self.plan_publish(parts, append, meta, rewrites)
         self.store.write_json(f"{self.staging}/_publish.json", plan)
         return self.execute_publish(plan)
 

@@ -113,3 +113,22 @@ def test_crash_in_publish_onto_earlier_output_keeps_it_whole(job):
     assert set(outside_staging(out)) == {f for fs in manifest["datasets"].values() for f in fs}
     listing = run_cli("runs", str(out)).stdout
     assert len(manifest["runs"]) == 3 and all(r in listing for r in manifest["runs"])
+
+
+def test_retry_errors_moves_dead_letters_into_results_exactly_once(job):
+    out = job["out"]
+    before_ok, before_err = all_ids(out)
+    too_long = [rid for rid, (_, kind) in POISON.items() if kind == "too_long"]
+    assert set(too_long) <= set(before_err)
+    # Retry the too-long rows with truncation allowed: they become results.
+    p = run_cli("retry-errors", str(job["spec"]), "--kinds", "too_long", "--context-policy", "truncate")
+    assert "computed now: 2" in p.stdout, p.stdout
+    ok, err = all_ids(out)
+    assert sorted(ok + err) == sorted(before_ok + before_err)  # still exactly once
+    assert set(too_long) <= set(ok) and not set(too_long) & set(err)
+    assert set(err) == set(before_err) - set(too_long)  # other dead letters untouched
+    sentiment = read_dataset(str(out), "sentiment").to_pylist()
+    assert all(r["input_truncated"] for r in sentiment if r["row_id"] in too_long)
+    # Nothing left of that kind: a second retry computes nothing.
+    p = run_cli("retry-errors", str(job["spec"]), "--kinds", "too_long", "--context-policy", "truncate")
+    assert "computed now: 0" in p.stdout
