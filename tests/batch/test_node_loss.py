@@ -3,6 +3,7 @@ CPUs for work, two workers), the engine's node removed while it works. The job f
 the other node with every input row exactly once."""
 
 import os
+import re
 import signal
 
 import psutil
@@ -54,6 +55,10 @@ def test_worker_node_removed_midway(tmp_path, tiny_model, monkeypatch):
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         cluster.shutdown()
+    # The engine really moved: a second actor process served the rest of the run.
+    log = (tmp_path / "run.log").read_text()
+    actor_pids = set(re.findall(r"MapBatches\(InferenceActor\)\) pid=(\d+)", log))
+    assert len(actor_pids) >= 2, actor_pids
     ok = read_dataset(str(out), "summarization")["row_id"].to_pylist()
     err = read_dataset(str(out), "errors")["row_id"].to_pylist()
     assert sorted(ok + err) == sorted(ids)
