@@ -48,8 +48,10 @@ def _spec_from_args(args: argparse.Namespace):
     put("engine.device", args.device)
     put("engine.batch_rows", args.batch_rows)
     put("engine.context_policy", args.context_policy)
+    put("engine.hang_timeout_s", args.hang_timeout)
     put("resources.actors", args.actors)
     put("resources.ray_address", args.address)
+    put("resources.max_actor_restarts", args.max_actor_restarts)
     if args.incremental:
         over["incremental"] = True
     if args.tasks:
@@ -198,8 +200,10 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-rows", type=int, help="rows handed to an engine at once")
+    p.add_argument("--hang-timeout", type=float, help="seconds without a finished request before an engine counts as dead")
     p.add_argument("--context-policy", choices=["truncate", "reject"], help="text longer than the context")
     p.add_argument("--actors", type=int, help="inference actors (one engine each)")
+    p.add_argument("--max-actor-restarts", type=int, help="restarts per inference actor before the run fails")
     p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")
     p.add_argument("--incremental", action="store_true", help="only input files no earlier run committed")
     p.add_argument("--force", action="store_true", help="recompute even if this exact run is already published")

@@ -95,3 +95,50 @@ def test_actor_or_engine_killed_midway_job_finishes_on_its_own(tmp_path, corpus,
     assert s["rows"] == len(ids)
     if victim == "EngineCore":
         assert "engine died" in log  # detected and the actor replaced, not a silent hang
+
+
+def test_engine_dying_past_its_restarts_fails_the_run_cleanly(tmp_path, corpus, tiny_model):
+    corpus_dir, ids = corpus
+    out = tmp_path / "out"
+    spec = make_spec(tmp_path, corpus_dir, tiny_model, out)
+    proc = start_cli("run", str(spec), "--max-actor-restarts", "0", log=tmp_path / "run.log")
+    try:
+        wait_for(lambda: committed_rows(out) > 0, 600, "first commit", proc)
+        for p in find_processes("EngineCore", session=proc.pid):
+            p.send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    log = (tmp_path / "run.log").read_text()
+    assert code == 1, log[-4000:]
+    assert "Nothing was published" in log and "rerunning the same command resumes" in log
+    assert not (out / "_manifest.json").exists()
+    assert json.loads(next(out.glob("_runs/*.json")).read_text())["status"] == "failed"
+
+
+def test_hung_engine_is_treated_as_dead(tmp_path, corpus, tiny_model):
+    """SIGSTOP freezes the engine process: no error, no progress. The heartbeat watchdog
+    (engine.hang_timeout_s) must notice, restart the actor, and the job still finishes."""
+    corpus_dir, ids = corpus
+    out = tmp_path / "out"
+    spec = make_spec(tmp_path, corpus_dir, tiny_model, out)
+    proc = start_cli("run", str(spec), "--hang-timeout", "15", log=tmp_path / "run.log")
+    frozen = []
+    try:
+        wait_for(lambda: committed_rows(out) >= len(ids) // 4, 600, "a quarter committed", proc)
+        frozen = find_processes("EngineCore", session=proc.pid)
+        assert frozen
+        for p in frozen:
+            p.send_signal(signal.SIGSTOP)
+        assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-5000:]
+    finally:
+        for p in frozen:  # a frozen process ignores everything but SIGKILL
+            try:
+                p.send_signal(signal.SIGKILL)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if proc.poll() is None:
+            kill_group(proc)
+    assert "engine made no progress" in (tmp_path / "run.log").read_text()
+    assert_exactly_once(out, ids)
