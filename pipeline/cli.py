@@ -118,6 +118,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s.get("rows_per_second") is not None:
         print(f"  throughput: {s['rows_per_second']:,} rows/s, {s['output_tokens_per_second']:,} output tok/s "
               f"(pipeline {s.get('pipeline_seconds')}s, incl. engine start-up)")
+    if s.get("commit_seconds") is not None:
+        print(f"  commits: {s['commit_seconds']}s writing parts (summed over actors), {s.get('publish_seconds')}s publishing")
     print(f"  wall time: {s.get('wall_seconds')}s")
     if s.get("output"):
         print(f"  summary: {s['output'].rstrip('/')}/summary.json")

@@ -39,6 +39,7 @@ META_SCHEMA = pa.schema(
         ("output_tokens", pa.int64()),
         ("bytes_read", pa.int64()),
         ("counts", pa.string()),  # JSON {task: {"ok": n, "error": n}}
+        ("commit_seconds", pa.float64()),  # time spent writing and committing this part
     ]
 )
 
@@ -129,8 +130,10 @@ class InferenceActor:
                 "prompt_tokens": ptoks,
                 "output_tokens": otoks,
             }
+            t0 = time.perf_counter()
             self.committer.commit_part(key, tables, record)
             meta.append(self._meta(key, unit, len(idx), False, counts, ptoks, otoks, bytes_read))
+            meta[-1]["commit_seconds"] = time.perf_counter() - t0
         return pa.Table.from_pylist(meta, schema=META_SCHEMA)
 
     def _meta(self, key, unit, rows, skipped, counts, ptoks, otoks, bytes_read) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class InferenceActor:
         m = dict(
             key=key, unit=unit, rows=rows, skipped=skipped, ok=ok, errors=err,
             prompt_tokens=ptoks, output_tokens=otoks, bytes_read=bytes_read,
-            counts=json.dumps(counts),
+            counts=json.dumps(counts), commit_seconds=0.0,
         )
         if self.progress is not None:
             self.progress.record.remote({k: m[k] for k in ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")})

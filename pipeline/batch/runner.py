@@ -166,8 +166,12 @@ def init_ray(spec: JobSpec) -> None:
 
     if ray.is_initialized():
         return
-    # Engines in actors inherit this; vLLM's per-request INFO lines would drown the progress.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # Actors inherit these. vLLM's start-up warnings (Triton, tcmalloc hints) and Python's
+    # FutureWarnings would drown the progress lines; `pipeline -v` shows vLLM's INFO.
+    verbose = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    if not verbose:
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     r = spec.resources
     kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if r.ray_address:
@@ -238,8 +242,12 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
     summary["pipeline_seconds"] = round(inference_s, 3)
 
     meta = {"config": plan.config_fp, "model": plan.model_path}
+    t_pub = time.perf_counter()
     manifest = committer.publish(parts, append=plan.append, meta=meta)
     summary["version"] = manifest["version"]
+    # What exactly-once costs: part writes + commit records (in the actors, summed) and the publish.
+    summary["commit_seconds"] = round(computed.get("commit_seconds", 0.0), 3)
+    summary["publish_seconds"] = round(time.perf_counter() - t_pub, 3)
     entry.update(status="published", finished_at=time.time(), summary=summary)
     store.write_json(ledger_rel, entry)
     store.write_json("summary.json", summary)
@@ -287,6 +295,9 @@ def _execute(
         fn_kwargs={"input_json": spec.input.model_dump_json(), "rows_per_unit": spec.output.rows_per_unit},
         num_cpus=0.25,  # reading is light next to inference; don't let it starve the engines
     )
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")  # max_restarts has no named form
     ds = ds.map_batches(
         InferenceActor,
         batch_size=spec.engine.batch_rows,
@@ -311,7 +322,7 @@ def _execute(
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             fresh = pa.compute.invert(batch["skipped"])
-            for k in ("rows", "output_tokens", "prompt_tokens"):
+            for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds"):
                 computed[k] += pa.compute.sum(batch[k].filter(fresh)).as_py() or 0
     except Exception as e:
         entry_rel = f"_runs/{plan.run_id}.json"

@@ -15,7 +15,7 @@ from clijob import committed_rows, find_processes, kill_group, run_cli, start_cl
 
 pytestmark = pytest.mark.engine
 
-N_FILES, PER_FILE = 4, 120
+N_FILES, PER_FILE = 4, 80
 TASKS = ("sentiment", "summarization")
 
 
