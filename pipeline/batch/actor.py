@@ -62,7 +62,7 @@ class InferenceActor:
         run_id: str,
         progress: Optional[Any] = None,
     ):
-        from pipeline.engine.engine import Engine
+        from pipeline.engine.engine import Engine, reap_orphaned_engines
 
         self.spec = JobSpec.model_validate_json(spec_json)
         self.tasks = build_tasks(self.spec.tasks)
@@ -70,6 +70,7 @@ class InferenceActor:
         self.run_id = run_id
         self.committer = RunCommitter(Store(self.spec.output.path), run_id)
         self.progress = progress
+        reap_orphaned_engines()  # a restarted actor: free what its killed predecessor held
         self.engine = Engine(model_path, self.spec.engine).start()
         self.tokenizer = self.engine.tokenizer
         self.params = [t.sampling_params() for t in self.tasks]

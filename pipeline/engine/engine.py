@@ -77,6 +77,27 @@ def resolve_dtype(cfg: EngineConfig, device: str) -> str:
     return "auto"
 
 
+def reap_orphaned_engines() -> int:
+    """Kill vLLM engine-core processes left without a parent (ppid 1) by an actor that was
+    SIGKILLed: vLLM cannot clean up then, and the orphan keeps its memory (on a GPU, the
+    memory the replacement engine needs). An orphaned engine core has no client: nothing
+    can use it. Returns how many were killed."""
+    import psutil
+
+    killed = 0
+    for p in psutil.process_iter(["name", "cmdline", "ppid", "uids"]):
+        try:
+            title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+            if "VLLM::EngineCore" in title and p.info["ppid"] == 1 and p.info["uids"].real == os.getuid():
+                p.kill()
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    if killed:
+        logger.warning("killed %d orphaned vLLM engine process(es) left by a dead actor", killed)
+    return killed
+
+
 class Engine:
     def __init__(self, model_path: str, cfg: EngineConfig, cpus: Optional[float] = None):
         self.model_path = model_path

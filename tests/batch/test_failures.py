@@ -91,6 +91,8 @@ def test_actor_or_engine_killed_midway_job_finishes_on_its_own(tmp_path, corpus,
             kill_group(proc)
     log = (tmp_path / "run.log").read_text()
     assert_exactly_once(out, ids)
+    if victim == "InferenceActor":  # no engine process of the killed actor lives on, orphaned
+        assert not [p for p in find_processes("VLLM::EngineCore") if p.ppid() == 1]
     s = summary(out)
     assert s["rows"] == len(ids)
     if victim == "EngineCore":
