@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from typing import Any, Iterator, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import InputConfig, JobSpec
 from pipeline.io.commit import ERRORS, RunCommitter, read_manifest
@@ -118,7 +119,7 @@ def _select_rows(table: pa.Table, select: dict[str, str]) -> pa.Table:
     """Keep the rows a retry asks for, each with the tasks it still needs; the unit then
     consists of those rows only (so the exactly-once check counts them)."""
     keep = [str(p) in select for p in table["position"].to_pylist()]
-    total_bytes = pa.compute.sum(table["bytes_read"]).as_py() or 0
+    total_bytes = pc.sum(table["bytes_read"]).as_py() or 0
     t = table.filter(pa.array(keep))
     if not t.num_rows:
         return t
@@ -129,8 +130,6 @@ def _select_rows(table: pa.Table, select: dict[str, str]) -> pa.Table:
 
 
 def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
-    import pyarrow.compute as pc
-
     pos = table["position"]
     keep = None
     for first, last in ranges:
@@ -139,7 +138,7 @@ def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
     kept = table.filter(pc.invert(keep))
     # bytes already counted for progress on the first row must survive the filter
     if kept.num_rows and kept.num_rows < table.num_rows:
-        total = pa.compute.sum(table["bytes_read"]).as_py() or 0
+        total = pc.sum(table["bytes_read"]).as_py() or 0
         col = [total] + [0] * (kept.num_rows - 1)
         kept = kept.set_column(kept.schema.get_field_index("bytes_read"), "bytes_read", pa.array(col, pa.int64()))
     return kept
@@ -321,9 +320,9 @@ def _execute(
     computed = Counter()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            fresh = pa.compute.invert(batch["skipped"])
+            fresh = pc.invert(batch["skipped"])
             for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds"):
-                computed[k] += pa.compute.sum(batch[k].filter(fresh)).as_py() or 0
+                computed[k] += pc.sum(batch[k].filter(fresh)).as_py() or 0
     except Exception as e:
         entry_rel = f"_runs/{plan.run_id}.json"
         entry = plan.store.read_json(entry_rel) or {}
@@ -378,7 +377,6 @@ def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, intera
     errors dataset and its new result (or new error) goes in, in one manifest switch, so
     every row stays exactly once per task.
     """
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t_start = time.time()
