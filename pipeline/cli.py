@@ -118,6 +118,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s.get("rows_per_second") is not None:
         print(f"  throughput: {s['rows_per_second']:,} rows/s, {s['output_tokens_per_second']:,} output tok/s "
               f"(pipeline {s.get('pipeline_seconds')}s, incl. engine start-up)")
+    if s.get("output_tokens_per_second_after_startup") is not None:
+        print(f"  after start-up: {s['rows_per_second_after_startup']:,} rows/s, "
+              f"{s['output_tokens_per_second_after_startup']:,} output tok/s over {s.get('steady_seconds')}s "
+              f"(start-up {s.get('startup_seconds')}s, of which engine load {s.get('engine_load_seconds')}s)")
+    if s.get("prefix_cache_hit_rate") is not None:
+        print(f"  prefix cache: {s['prefix_cache_hit_rate']:.1%} of prompt tokens served from the cache")
     if s.get("commit_seconds") is not None:
         print(f"  commits: {s['commit_seconds']}s writing parts (summed over actors), {s.get('publish_seconds')}s publishing")
     print(f"  wall time: {s.get('wall_seconds')}s")

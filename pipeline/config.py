@@ -153,6 +153,18 @@ class EngineConfig(_Model):
     batch_rows: int = Field(
         256, ge=1, description="Rows handed to an engine at once; each becomes one request per task, all in flight together."
     )
+    batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description="Batches an actor keeps in its engine at once, so the next batch's requests are queued "
+        "while the last one's slowest rows finish (continuous batching never runs dry).",
+    )
+    block_size: Optional[int] = Field(
+        None,
+        ge=1,
+        description="KV-cache block size in tokens (vLLM's default when unset: 128 on the CPU, 16 on GPUs). "
+        "Prefix caching reuses whole blocks only: a block longer than the shared instruction prefix caches none of it.",
+    )
 
 
 class ResourcesConfig(_Model):

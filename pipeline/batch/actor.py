@@ -8,11 +8,13 @@ one row in, one result or error row out per task, checked before the commit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
 import time
+import uuid
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -40,17 +42,12 @@ META_SCHEMA = pa.schema(
         ("bytes_read", pa.int64()),
         ("counts", pa.string()),  # JSON {task: {"ok": n, "error": n}}
         ("commit_seconds", pa.float64()),  # time spent writing and committing this part
+        # Where the batch's time went (on the batch's first part only, 0 on the others):
+        ("prepare_seconds", pa.float64()),  # prompts rendered (chat template, tokenizer)
+        ("generate_seconds", pa.float64()),  # waiting on the engine
+        ("batch_seconds", pa.float64()),  # the whole call
     ]
 )
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Engine death is fatal for the actor (Ray restarts it and retries the batch)."""
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except ImportError:  # pragma: no cover - other vLLM layouts
-        EngineDeadError = ()  # type: ignore[assignment]
-    return isinstance(exc, EngineDeadError) or "EngineDead" in type(exc).__name__
 
 
 class InferenceActor:
@@ -72,8 +69,12 @@ class InferenceActor:
         self.progress = progress
         reap_orphaned_engines()  # a restarted actor: free what its killed predecessor held
         self.engine = Engine(model_path, self.spec.engine).start()
+        self.instance = uuid.uuid4().hex
+        if progress is not None:
+            progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time())
         self.tokenizer = self.engine.tokenizer
         self.params = [t.sampling_params() for t in self.tasks]
+        self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call
         threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()
 
     def _watchdog(self) -> None:
@@ -99,7 +100,18 @@ class InferenceActor:
         logger.error("vLLM engine died (%s: %s): restarting the actor; its batch will be retried", type(exc).__name__, exc)
         os._exit(71)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        """Async so that Ray Data runs several batches on this actor at once (map_batches'
+        max_concurrency): while one batch's last rows finish in the engine, the next
+        batch's requests are already queued there. At most `engine.batches_in_flight`."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.spec.engine.batches_in_flight)
+        async with self._slots:
+            return await self._process(batch)
+
+    async def _process(self, batch: pa.Table) -> pa.Table:
+        t_call = time.perf_counter()
+        timing = {"prepare_seconds": 0.0, "generate_seconds": 0.0}
         cols = batch.to_pydict()
         parts: dict[str, list[int]] = defaultdict(list)
         for i, unit in enumerate(cols["unit"]):
@@ -115,7 +127,7 @@ class InferenceActor:
                 todo.append((key, unit, idx, bytes_read))
 
         rows = [i for _, _, idx, _ in todo for i in idx]
-        results = self._infer(cols, rows)
+        results = await self._infer(cols, rows, timing)
 
         for key, unit, idx, bytes_read in todo:
             tables, counts, ptoks, otoks = self._part_tables(cols, idx, results)
@@ -135,6 +147,10 @@ class InferenceActor:
             self.committer.commit_part(key, tables, record)
             meta.append(self._meta(key, unit, len(idx), False, counts, ptoks, otoks, bytes_read))
             meta[-1]["commit_seconds"] = time.perf_counter() - t0
+        if self.progress is not None and todo:
+            self.progress.engine_metrics.remote(self.instance, self.engine.metrics())
+        if meta:
+            meta[0].update(timing, batch_seconds=time.perf_counter() - t_call)
         return pa.Table.from_pylist(meta, schema=META_SCHEMA)
 
     def _meta(self, key, unit, rows, skipped, counts, ptoks, otoks, bytes_read) -> dict[str, Any]:
@@ -144,15 +160,17 @@ class InferenceActor:
             key=key, unit=unit, rows=rows, skipped=skipped, ok=ok, errors=err,
             prompt_tokens=ptoks, output_tokens=otoks, bytes_read=bytes_read,
             counts=json.dumps(counts), commit_seconds=0.0,
+            prepare_seconds=0.0, generate_seconds=0.0, batch_seconds=0.0,
         )
         if self.progress is not None:
             self.progress.record.remote({k: m[k] for k in ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")})
         return m
 
     # -- inference ------------------------------------------------------------------
-    def _infer(self, cols: dict[str, list], rows: list[int]) -> dict[tuple[int, int], dict[str, Any]]:
+    async def _infer(self, cols: dict[str, list], rows: list[int], timing: dict[str, float]) -> dict[tuple[int, int], dict[str, Any]]:
         """(row, task) -> {"ok": columns} or {"error": (kind, message)} for every row and task."""
         out: dict[tuple[int, int], dict[str, Any]] = {}
+        t_prep = time.perf_counter()
         prompts, params, keys, truncs = [], [], [], []
         max_len, policy = self.spec.engine.max_model_len, self.spec.engine.context_policy
         only = cols.get("only_tasks")  # set by retry runs: the tasks this row still needs
@@ -175,8 +193,9 @@ class InferenceActor:
                 truncs.append(truncated)
 
         t0 = time.perf_counter()
-        gens = self._generate(prompts, params)
-        logger.debug("generated %d requests in %.2fs", len(prompts), time.perf_counter() - t0)
+        gens = await self._generate(prompts, params)
+        timing["prepare_seconds"] += t0 - t_prep
+        timing["generate_seconds"] += time.perf_counter() - t0
         for (i, t), gen, truncated in zip(keys, gens, truncs):
             if isinstance(gen, BaseException):
                 out[(i, t)] = {"error": ("generation_error", f"{type(gen).__name__}: {gen}")}
@@ -197,21 +216,20 @@ class InferenceActor:
             }
         return out
 
-    def _generate(self, prompts: list, params: list) -> list:
-        """One call for everything (continuous batching); on a per-request failure, split
-        and retry so that one bad request never fails its batch."""
+    async def _generate(self, prompts: list, params: list) -> list:
+        """All requests go to the engine at once; a request that fails comes back as its
+        exception (an error record for that row), never failing the batch. Engine death is
+        fatal for the actor: Ray restarts it and retries the batch."""
         if not prompts:
             return []
+        from pipeline.engine.engine import _is_engine_dead
+
         try:
-            return self.engine.generate(prompts, params)
+            return await asyncio.wrap_future(self.engine.submit(prompts, params))
         except Exception as e:  # noqa: BLE001
-            if _is_fatal(e):
+            if _is_engine_dead(e) or self.engine.is_dead():
                 self._die(e)
-            if len(prompts) == 1:
-                return [e]
-            logger.warning("generation failed for %d requests (%s); isolating the bad one", len(prompts), e)
-            mid = len(prompts) // 2
-            return self._generate(prompts[:mid], params[:mid]) + self._generate(prompts[mid:], params[mid:])
+            raise
 
     # -- output ---------------------------------------------------------------------
     def _part_tables(self, cols, idx, results):

@@ -19,6 +19,18 @@ class ProgressCounter:
 
     def __init__(self) -> None:
         self.totals = {k: 0 for k in FIELDS}
+        self.engines: dict[str, dict[str, float]] = {}  # engine instance -> start-up facts
+        self.metrics: dict[str, dict[str, float]] = {}  # engine instance -> its latest counters
+
+    def engine_ready(self, engine: str, load_seconds: float, ready_at: float) -> None:
+        self.engines[engine] = {"load_seconds": load_seconds, "ready_at": ready_at}
+
+    def engine_metrics(self, engine: str, metrics: dict[str, float]) -> None:
+        """Cumulative counters of one engine instance (a restarted actor is a new instance)."""
+        self.metrics[engine] = dict(metrics)
+
+    def engine_report(self) -> dict[str, Any]:
+        return {"engines": dict(self.engines), "metrics": dict(self.metrics)}
 
     def record(self, delta: dict[str, int]) -> None:
         for k, v in delta.items():

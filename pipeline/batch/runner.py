@@ -239,6 +239,17 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
     summary["rows_per_second"] = round(computed["rows"] / inference_s, 2) if inference_s else None
     summary["output_tokens_per_second"] = round(computed["output_tokens"] / inference_s, 2) if inference_s else None
     summary["pipeline_seconds"] = round(inference_s, 3)
+    if "first_engine_ready_at" in computed:
+        # Throughput once the first engine was up: what the run costs per token at scale,
+        # apart from a fixed start-up (cluster, actors, model load).
+        steady = time.time() - computed["first_engine_ready_at"]
+        summary["startup_seconds"] = round(computed["first_engine_ready_at"] - t_start, 3)
+        summary["engine_load_seconds"] = computed["engine_load_seconds"]
+        summary["steady_seconds"] = round(steady, 3)
+        summary["output_tokens_per_second_after_startup"] = round(computed["output_tokens"] / steady, 2) if steady > 0 else None
+        summary["rows_per_second_after_startup"] = round(computed["rows"] / steady, 2) if steady > 0 else None
+    if "prefix_cache_hit_rate" in computed:
+        summary["prefix_cache_hit_rate"] = computed["prefix_cache_hit_rate"]
 
     meta = {"config": plan.config_fp, "model": plan.model_path}
     t_pub = time.perf_counter()
@@ -246,6 +257,9 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
     summary["version"] = manifest["version"]
     # What exactly-once costs: part writes + commit records (in the actors, summed) and the publish.
     summary["commit_seconds"] = round(computed.get("commit_seconds", 0.0), 3)
+    # Where the actors' time went, summed over actors: prompts, engine, the rest of the call.
+    for k in ("prepare_seconds", "generate_seconds", "batch_seconds"):
+        summary[f"actor_{k}"] = round(computed.get(k, 0.0), 3)
     summary["publish_seconds"] = round(time.perf_counter() - t_pub, 3)
     entry.update(status="published", finished_at=time.time(), summary=summary)
     store.write_json(ledger_rel, entry)
@@ -308,7 +322,12 @@ def _execute(
             "run_id": plan.run_id,
             "progress": counter,
         },
-        compute=ray.data.ActorPoolStrategy(size=r.actors),
+        # Several batches per actor at once (the actor's __call__ is async and keeps
+        # engine.batches_in_flight of them in its engine); one more queued behind them.
+        compute=ray.data.ActorPoolStrategy(
+            size=r.actors, max_tasks_in_flight_per_actor=spec.engine.batches_in_flight + 1
+        ),
+        max_concurrency=spec.engine.batches_in_flight + 1,
         num_cpus=r.cpus_per_actor,
         max_restarts=r.max_actor_restarts,
         max_task_retries=-1,
@@ -321,8 +340,9 @@ def _execute(
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             fresh = pc.invert(batch["skipped"])
-            for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds"):
+            for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds", "prepare_seconds", "generate_seconds", "batch_seconds"):
                 computed[k] += pc.sum(batch[k].filter(fresh)).as_py() or 0
+        engines = ray.get(counter.engine_report.remote(), timeout=30)
     except Exception as e:
         entry_rel = f"_runs/{plan.run_id}.json"
         entry = plan.store.read_json(entry_rel) or {}
@@ -336,7 +356,22 @@ def _execute(
         reporter.stop()
         ray.kill(counter)
     computed["seconds"] = time.perf_counter() - t0
-    return dict(computed)
+    return {**computed, **_engine_summary(engines)}
+
+
+def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Engine start-up (so throughput can be given without it) and the prefix-cache hit rate."""
+    out: dict[str, Any] = {}
+    engines = list(report.get("engines", {}).values())
+    if engines:
+        out["engines_started"] = len(engines)
+        out["engine_load_seconds"] = round(max(e["load_seconds"] or 0.0 for e in engines), 3)
+        out["first_engine_ready_at"] = min(e["ready_at"] for e in engines)
+    queries = sum(m.get("prefix_cache_queries", 0.0) for m in report.get("metrics", {}).values())
+    hits = sum(m.get("prefix_cache_hits", 0.0) for m in report.get("metrics", {}).values())
+    if queries:
+        out["prefix_cache_hit_rate"] = round(hits / queries, 4)
+    return out
 
 
 def _totals(parts: list[dict[str, Any]], store: Store) -> dict[str, Any]:

@@ -6,9 +6,13 @@ Used by the batch actor and (later) the Serve replica. Construction has no side 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gc
+import itertools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,18 +103,32 @@ def reap_orphaned_engines() -> int:
 
 
 class Engine:
+    """vLLM's AsyncLLM on an event loop of its own (a daemon thread).
+
+    Callers on any thread submit whole lists of requests (`submit` gives a
+    concurrent.futures.Future; `generate` waits for it). Every request goes to the engine
+    at once, and several callers' lists can be in flight together, so continuous
+    batching always has work: no batch waits for the previous batch's slowest row.
+    Keeping the engine's loop apart from the caller's means that a caller busy rendering
+    prompts or writing Parquet never delays the engine's output handling.
+    """
+
     def __init__(self, model_path: str, cfg: EngineConfig, cpus: Optional[float] = None):
         self.model_path = model_path
         self.cfg = cfg
         self.cpus = cpus
         self._llm = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
         self.device: Optional[str] = None
         self.dtype: Optional[str] = None
         self.load_seconds: Optional[float] = None
-        # Liveness: time of the last finished request while a generate call is running.
-        self.busy = False
+        # Liveness: requests in flight, and when one last finished (or the first was sent).
+        self.in_flight = 0
         self.last_progress = time.monotonic()
         self.finished_requests = 0  # running count, for live progress
+        self._ids = itertools.count()
+        self._final: dict[int, Any] = {}  # id(params) -> (params, FINAL_ONLY copy)
 
     # -- lifecycle ------------------------------------------------------------------
     def engine_kwargs(self, device: str) -> dict[str, Any]:
@@ -126,6 +144,8 @@ class Engine:
             enforce_eager=c.enforce_eager,
             disable_log_stats=False,
         )
+        if c.block_size is not None:
+            kw["block_size"] = c.block_size
         if device == "cpu":
             kw["kv_cache_memory_bytes"] = int(c.kv_cache_gib * (1 << 30))
         else:
@@ -145,13 +165,22 @@ class Engine:
                 # several engines on one node don't all pile onto the same cores.
                 allowed = sorted(os.sched_getaffinity(0))
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in allowed[:threads])
-        from vllm import LLM
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         logger.info("starting vLLM engine: %s on %s (%s)", self.model_path, self.device, self.dtype)
         t0 = time.perf_counter()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+        async def make():  # built on its loop: vLLM binds its output handler to the running loop
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kw))
+
         try:
-            self._llm = LLM(**kw)
+            self._llm = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
         except Exception as e:  # noqa: BLE001 - re-raised with what to do
+            self._stop_loop()
             raise EngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e
         self.load_seconds = time.perf_counter() - t0
         logger.info("engine ready in %.1fs", self.load_seconds)
@@ -162,13 +191,18 @@ class Engine:
             return
         llm, self._llm = self._llm, None
         try:
-            engine = getattr(llm, "llm_engine", None)
-            core = getattr(engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+            llm.shutdown()
         finally:
+            self._stop_loop()
             del llm
             gc.collect()
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._loop = self._thread = None
 
     def __enter__(self) -> "Engine":
         return self.start()
@@ -187,77 +221,97 @@ class Engine:
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
-    def generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Generation]:
-        """All prompts are submitted at once so continuous batching keeps the engine full;
-        results come back in input order."""
+    def submit(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> "concurrent.futures.Future":
+        """Send every request now; the future gives, in input order, a Generation or the
+        exception of that one request. Raises EngineDeadError (through the future) if the
+        engine died."""
+        return asyncio.run_coroutine_threadsafe(self._generate_all(list(prompts), list(params)), self._loop_or_fail())
+
+    def generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
+        """`submit(...)` and wait."""
         if not prompts:
             return []
+        return self.submit(prompts, params).result()
+
+    def _loop_or_fail(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._llm is None:
+            raise EngineError("engine not started: call start() first")
+        return self._loop
+
+    def _final_only(self, params: Any) -> Any:
+        """The same sampling, with only the finished output delivered (no per-token objects)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        if params.output_kind == RequestOutputKind.FINAL_ONLY:
+            return params
+        hit = self._final.get(id(params))
+        if hit is None or hit[0] is not params:
+            final = params.clone()
+            final.output_kind = RequestOutputKind.FINAL_ONLY
+            hit = self._final[id(params)] = (params, final)
+        return hit[1]
+
+    async def _generate_all(self, prompts: list, params: list) -> list[Any]:
+        if not prompts:
+            return []
+        results = await asyncio.gather(
+            *(self._generate_one(p, sp) for p, sp in zip(prompts, params)), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException) and (_is_engine_dead(r) or not isinstance(r, Exception)):
+                raise r
+        return results
+
+    async def _generate_one(self, prompt: list[int], params: Any) -> Generation:
         from vllm.inputs import TokensPrompt
 
-        self.busy, self.last_progress = True, time.monotonic()
+        if self.in_flight == 0:
+            self.last_progress = time.monotonic()
+        self.in_flight += 1
         try:
-            outs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-                list(params),
-                use_tqdm=self._heartbeat_bar(),
-            )
+            final = None
+            rid = f"r{next(self._ids)}"
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), self._final_only(params), rid):
+                final = out
+            if final is None:
+                raise EngineError(f"request {rid} ended without output")
+            self.finished_requests += 1
+            self.last_progress = time.monotonic()
         finally:
-            self.busy = False
-        result = []
-        for out in outs:
-            o = out.outputs[0]
-            result.append(
-                Generation(
-                    completion=Completion(
-                        text=o.text,
-                        token_ids=tuple(o.token_ids),
-                        finish_reason=o.finish_reason,
-                        cumulative_logprob=o.cumulative_logprob,
-                    ),
-                    prompt_tokens=len(out.prompt_token_ids or ()),
-                )
-            )
-        return result
+            self.in_flight -= 1
+        o = final.outputs[0]
+        return Generation(
+            completion=Completion(
+                text=o.text,
+                token_ids=tuple(o.token_ids),
+                finish_reason=o.finish_reason,
+                cumulative_logprob=o.cumulative_logprob,
+            ),
+            prompt_tokens=len(final.prompt_token_ids or ()),
+        )
 
     def is_dead(self) -> bool:
-        """True once vLLM's client has seen its engine-core process exit. A blocking
-        generate() does not always raise then, so callers poll this."""
+        """True once vLLM's client has seen its engine-core process exit (or its output
+        handler failed). A caller blocked on a generate does not always see an error
+        then, so callers poll this."""
         if self._llm is None:
             return False
-        core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
-        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+        try:
+            return bool(self._llm.errored)
+        except Exception:  # noqa: BLE001 - a half-torn-down client is a dead one
+            return True
 
     def stalled_for(self) -> float:
-        """Seconds a running generate call has gone without finishing a request (0 when idle)."""
-        return time.monotonic() - self.last_progress if self.busy else 0.0
-
-    def _heartbeat_bar(self):
-        """vLLM updates a tqdm-like bar as requests finish: we use it as a heartbeat."""
-        from tqdm import tqdm
-
-        engine = self
-
-        class Heartbeat(tqdm):
-            def __init__(self, *a, **kw):
-                kw.update(file=open(os.devnull, "w"), mininterval=3600)  # noqa: SIM115
-                super().__init__(*a, **kw)
-
-            def update(self, n=1):
-                engine.last_progress = time.monotonic()
-                engine.finished_requests += n
-                return super().update(n)
-
-            def close(self):
-                super().close()
-                self.fp.close()
-
-        return Heartbeat
+        """Seconds that requests have been in flight without one finishing (0 when idle)."""
+        return time.monotonic() - self.last_progress if self.in_flight else 0.0
 
     def metrics(self) -> dict[str, float]:
         """Counters from the engine (prefix-cache queries and hits, tokens), where vLLM exposes them."""
         out: dict[str, float] = {}
         try:
-            for m in self.llm.get_metrics():
+            from vllm.v1.metrics.reader import get_metrics_snapshot
+
+            for m in get_metrics_snapshot():
                 name = getattr(m, "name", "")
                 if name in (
                     "vllm:prefix_cache_queries",
@@ -269,3 +323,11 @@ class Engine:
         except Exception:  # noqa: BLE001 - metrics are best effort
             logger.debug("engine metrics unavailable", exc_info=True)
         return out
+
+
+def _is_engine_dead(exc: BaseException) -> bool:
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # pragma: no cover - other vLLM layouts
+        return "EngineDead" in type(exc).__name__
+    return isinstance(exc, EngineDeadError) or "EngineDead" in type(exc).__name__
