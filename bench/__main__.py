@@ -1,0 +1,329 @@
+"""`python -m bench`: every system on every workload, one after another, in one invocation.
+
+    python -m bench                      # the full suite (about 45 minutes on 2 cores)
+    python -m bench --quick              # small sizes: checks that every system runs (a few minutes)
+    python -m bench --only tiny-fixed --systems ours,vllm
+
+Each (workload, system) runs in a fresh process, watched from here: peak RSS of that
+process (the driver) and the summed peak RSS of all its descendants (Ray's processes,
+vLLM's engine processes: the workers). Writes results.json, chart.png and table.md into
+--out, and prints the table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = {
+    "ours": "bench.systems.ours",
+    "vllm": "bench.systems.vllm_raw",
+    "raydata_llm": "bench.systems.raydata_llm",
+    "transformers": "bench.systems.transformers_hf",
+}
+PEERS = ("vllm", "raydata_llm", "transformers")
+FIXED = lambda n: {"temperature": 0.0, "max_tokens": n, "min_tokens": n}  # noqa: E731
+# Few output tokens and a one-line prompt: the memory workloads measure the driver, not the engine.
+SHORT_PROMPT = {"system": "Summarize.", "user": "{text}"}
+
+
+@dataclass
+class Spec:
+    name: str
+    model: str  # "tiny" or "smollm2"
+    rows: int
+    words: int
+    sampling: dict[str, Any]
+    systems: tuple[str, ...]
+    what: str
+    prompt: Optional[dict[str, str]] = None
+    engine: dict[str, Any] = field(default_factory=dict)
+    # Runs of ours with other settings on the same workload: label -> run(**options).
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def suite(quick: bool) -> list[Spec]:
+    q = quick
+    return [
+        Spec("tiny-fixed", "tiny", 300 if q else 3000, 60, FIXED(32), ("ours", *PEERS),
+             "tiny random Llama, 32 tokens per row (overhead shows: the engine is fast)"),
+        Spec("smollm2-fixed", "smollm2", 32 if q else 256, 200, FIXED(64), ("ours", *PEERS),
+             "SmolLM2-135M fp32, exactly 64 tokens per row"),
+        Spec("smollm2-natural", "smollm2", 32 if q else 256, 200, {"temperature": 0.0, "max_tokens": 128},
+             ("ours", *PEERS), "SmolLM2-135M fp32, natural stopping at EOS, up to 128 tokens"),
+        Spec("memory-10k", "tiny", 1000 if q else 10_000, 8, FIXED(2), ("ours",),
+             "driver memory vs corpus size (small)", prompt=SHORT_PROMPT),
+        Spec("memory-100k", "tiny", 10_000 if q else 100_000, 8, FIXED(2), ("ours",),
+             "driver memory vs corpus size (10x)", prompt=SHORT_PROMPT),
+        Spec("prefix-3tasks", "smollm2", 16 if q else 64, 120, {}, ("ours",),
+             "SmolLM2, all three tasks over one corpus: prefix-cache hit rate by KV block size",
+             variants={"ours block_size=128": {"engine": {"block_size": 128}}}),
+    ]
+
+
+# -- measuring a process tree -------------------------------------------------------------
+class TreeMemory:
+    """Peak RSS of a process and (summed) of its descendants, sampled every `every` s."""
+
+    def __init__(self, pid: int, every: float = 0.25):
+        self.pid, self.every = pid, every
+        self.driver_peak = self.workers_peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+    def _loop(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            try:
+                driver = root.memory_info().rss
+                workers = 0
+                for c in root.children(recursive=True):
+                    try:
+                        workers += c.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.driver_peak = max(self.driver_peak, driver)
+                self.workers_peak = max(self.workers_peak, workers)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.every)
+
+
+def run_system(system: str, wl_dir: Path, out: Path, log: Path, options: Optional[dict] = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", SYSTEMS[system], str(wl_dir), str(out)]
+    if options:
+        cmd.append(json.dumps(options))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    with open(log, "w") as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+        with TreeMemory(proc.pid) as mem:
+            rc = proc.wait()
+    elapsed = time.perf_counter() - t0
+    if rc != 0 or not out.exists():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        return {"system": system, "failed": True, "exit_code": rc, "log": str(log), "log_tail": tail}
+    r = json.loads(out.read_text())
+    r.update(process_seconds=elapsed, driver_peak_rss_mib=mem.driver_peak / 2**20,
+             workers_peak_rss_mib=mem.workers_peak / 2**20, log=str(log))
+    return r
+
+
+def derive(r: dict[str, Any]) -> dict[str, Any]:
+    if r.get("failed"):
+        return r
+    total = r.get("process_seconds") or r["wall_seconds"]
+    r["tok_s"] = r["output_tokens"] / r["run_seconds"] if r["run_seconds"] else None
+    r["tok_s_with_startup"] = r["output_tokens"] / total
+    r["rows_s"] = r["rows"] / r["run_seconds"] if r["run_seconds"] else None
+    return r
+
+
+# -- the suite ---------------------------------------------------------------------------
+def models(cache: Path) -> dict[str, str]:
+    from pipeline.engine import build_tiny_model, resolve_model
+
+    return {"tiny": str(build_tiny_model(cache / "tiny-model")), "smollm2": str(resolve_model(None))}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, to check that everything runs")
+    ap.add_argument("--only", default="", help="comma-separated workload names")
+    ap.add_argument("--systems", default="", help="comma-separated systems (default: each workload's)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest"), help="results folder")
+    ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline-bench"),
+                    help="scratch folder for workloads and models")
+    args = ap.parse_args(argv)
+
+    from bench.workloads import build
+
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    pick = {s for s in args.systems.split(",") if s}
+    paths = models(work)
+    report: dict[str, Any] = {"machine": machine(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+                              "quick": args.quick, "workloads": {}}
+    for spec in suite(args.quick):
+        if only and spec.name not in only:
+            continue
+        wl_dir = work / ("quick" if args.quick else "full") / spec.name
+        wl = build(wl_dir, spec.name, paths[spec.model], spec.rows, spec.words, spec.sampling or {"max_tokens": 64},
+                   engine=spec.engine, prompt=spec.prompt)
+        entry = {"what": spec.what, "rows": spec.rows, "model": spec.model, "sampling": spec.sampling, "results": {}}
+        runs: list[tuple[str, str, Optional[dict]]] = [(s, s, None) for s in spec.systems if not pick or s in pick]
+        if spec.name == "prefix-3tasks":  # all three tasks: our CPU default block size (32), then vLLM's (128)
+            three = {"tasks": {"sentiment": {}, "summarization": {"max_words": 30}, "translation": {"target_lang": "French", "sampling": {"max_tokens": 64}}}}
+            runs = [("ours", "ours", three)] + [(s, label, {**three, **opt}) for label, opt in spec.variants.items() for s in ["ours"]]
+        for system, label, options in runs:
+            print(f"[bench] {spec.name}: {label} ...", flush=True)
+            slug = label.replace(" ", "_").replace("=", "")
+            r = derive(run_system(system, wl_dir, out / "logs" / f"{spec.name}.{slug}.json", out / "logs" / f"{spec.name}.{slug}.log", options))
+            entry["results"][label] = r
+            print(f"[bench] {spec.name}: {label}: " + (f"FAILED (exit {r['exit_code']}), see {r['log']}" if r.get("failed") else
+                  f"{r['tok_s']:.1f} tok/s after start-up, {r['tok_s_with_startup']:.1f} with it, start-up {r['startup_seconds']:.1f}s"), flush=True)
+        entry["ratios"] = ratios(entry["results"])
+        report["workloads"][spec.name] = entry
+        (out / "results.json").write_text(json.dumps(report, indent=2))  # after each workload: partial results survive
+    report["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    report["checks"] = checks(report)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    chart(report, out / "chart.png")
+    table = render_table(report)
+    (out / "table.md").write_text(table)
+    print("\n" + table)
+    return 0
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    ours = results.get("ours")
+    out: dict[str, dict[str, float]] = {}
+    if not ours or ours.get("failed"):
+        return out
+    for name, r in results.items():
+        if name == "ours" or r.get("failed") or name not in PEERS:
+            continue
+        out[name] = {
+            "tok_s": ours["tok_s"] / r["tok_s"],
+            "tok_s_with_startup": ours["tok_s_with_startup"] / r["tok_s_with_startup"],
+            "process_seconds": ours["process_seconds"] / r["process_seconds"],
+        }
+    return out
+
+
+def checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the figure measured in this run."""
+    w = report["workloads"]
+    out: list[dict[str, Any]] = []
+
+    def ratio(workload: str, peer: str, key: str) -> Optional[float]:
+        return w.get(workload, {}).get("ratios", {}).get(peer, {}).get(key)
+
+    def add(what: str, value: Optional[float], ok: Optional[bool]) -> None:
+        out.append({"target": what, "measured": None if value is None else round(value, 3), "met": ok})
+
+    v = ratio("tiny-fixed", "vllm", "tok_s")
+    add("tiny: ours >= 0.9x raw vLLM tok/s, start-up excluded", v, None if v is None else v >= 0.9)
+    v = ratio("tiny-fixed", "vllm", "process_seconds")
+    add("tiny: ours' whole run within 1.15x raw vLLM's, start-up included", v, None if v is None else v <= 1.15)
+    for wl in ("smollm2-fixed", "smollm2-natural"):
+        v = ratio(wl, "vllm", "tok_s")
+        add(f"{wl}: ours >= 0.95x raw vLLM tok/s, start-up excluded", v, None if v is None else v >= 0.95)
+    for wl in ("tiny-fixed", "smollm2-fixed", "smollm2-natural"):
+        v = ratio(wl, "raydata_llm", "tok_s")
+        add(f"{wl}: ours >= 1.3x Ray Data LLM tok/s", v, None if v is None else v >= 1.3)
+    v = ratio("smollm2-natural", "transformers", "tok_s")
+    add("smollm2-natural: ours >= 1.5x transformers tok/s", v, None if v is None else v >= 1.5)
+    small, big = (w.get(k, {}).get("results", {}).get("ours", {}) for k in ("memory-10k", "memory-100k"))
+    if small.get("driver_peak_rss_mib") and big.get("driver_peak_rss_mib"):
+        v = big["driver_peak_rss_mib"] / small["driver_peak_rss_mib"]
+        add(f"driver peak RSS, {big['rows']:,} rows / {small['rows']:,} rows <= 1.2", v, v <= 1.2)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        model = platform.processor()
+    from pipeline.engine.engine import cpu_has_native_bf16
+
+    versions = {}
+    for mod in ("vllm", "ray", "torch", "transformers"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = None
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version(), "versions": versions}
+
+
+def render_table(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"Benchmark {report['started']} on {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB); "
+             f"vLLM {m['versions'].get('vllm')}, Ray {m['versions'].get('ray')}; command: `{report['command']}`", ""]
+    lines.append("| workload | system | rows | output tokens | start-up s | run s | tok/s after start-up | tok/s with start-up | rows/s | driver peak MiB | workers peak MiB | ours ÷ this (after start-up / with) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, e in report["workloads"].items():
+        for label, r in e["results"].items():
+            if r.get("failed"):
+                lines.append(f"| {name} | {label} | failed (exit {r.get('exit_code')}) | | | | | | | | | |")
+                continue
+            rat = e.get("ratios", {}).get(label)
+            rs = f"{rat['tok_s']:.2f} / {rat['tok_s_with_startup']:.2f}" if rat else ""
+            extra = ""
+            hr = (r.get("detail") or {}).get("prefix_cache_hit_rate")
+            if hr is not None and name.startswith("prefix"):
+                extra = f" (prefix cache {hr:.1%})"
+            lines.append(
+                f"| {name} | {label}{extra} | {r['rows']:,} | {r['output_tokens']:,} | {r['startup_seconds']:.1f} | {r['run_seconds']:.1f} | "
+                f"{r['tok_s']:.1f} | {r['tok_s_with_startup']:.1f} | {r['rows_s']:.1f} | {r['driver_peak_rss_mib']:.0f} | {r['workers_peak_rss_mib']:.0f} | {rs} |"
+            )
+    if report.get("checks"):
+        lines += ["", "| target | measured | met |", "|---|---:|---|"]
+        for c in report["checks"]:
+            met = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
+            lines.append(f"| {c['target']} | {c['measured'] if c['measured'] is not None else ''} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[bench] matplotlib is not installed (pip install -e .[bench]): no chart", file=sys.stderr)
+        return
+    names = [n for n, e in report["workloads"].items() if len([r for r in e["results"].values() if not r.get("failed")]) > 1
+             and not n.startswith(("memory", "prefix"))]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        res = {k: r for k, r in report["workloads"][name]["results"].items() if not r.get("failed")}
+        xs = range(len(res))
+        ax.bar([x - 0.2 for x in xs], [r["tok_s"] for r in res.values()], 0.4, label="after start-up")
+        ax.bar([x + 0.2 for x in xs], [r["tok_s_with_startup"] for r in res.values()], 0.4, label="with start-up")
+        ax.set_xticks(list(xs), list(res), rotation=20)
+        ax.set_title(name)
+        ax.set_ylabel("generated tokens/s")
+    axes[0][0].legend()
+    fig.suptitle(f"{report['machine']['cpu']} ({report['machine']['cores']} cores), {report['started'][:10]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
