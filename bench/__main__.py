@@ -1,6 +1,6 @@
 """`python -m bench`: every system on every workload, one after another, in one invocation.
 
-    python -m bench                      # the full suite (about 45 minutes on 2 cores)
+    python -m bench                      # the full suite (about 75 minutes on 2 cores)
     python -m bench --quick              # small sizes: checks that every system runs (a few minutes)
     python -m bench --only tiny-fixed --systems ours,vllm
 
@@ -155,6 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, to check that everything runs")
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--systems", default="", help="comma-separated systems (default: each workload's)")
+    ap.add_argument("--rows", default="", help="row counts to override, e.g. smollm2-natural=96,memory-100k=50000")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest"), help="results folder")
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline-bench"),
                     help="scratch folder for workloads and models")
@@ -167,6 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     (out / "logs").mkdir(exist_ok=True)
     only = {s for s in args.only.split(",") if s}
     pick = {s for s in args.systems.split(",") if s}
+    rows = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.rows.split(",") if kv)}
     paths = models(work)
     report: dict[str, Any] = {"machine": machine(), "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                               "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
@@ -174,6 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for spec in suite(args.quick):
         if only and spec.name not in only:
             continue
+        spec.rows = rows.get(spec.name, spec.rows)
         wl_dir = work / ("quick" if args.quick else "full") / spec.name
         wl = build(wl_dir, spec.name, paths[spec.model], spec.rows, spec.words, spec.sampling or {"max_tokens": 64},
                    engine=spec.engine, prompt=spec.prompt)
