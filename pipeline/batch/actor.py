@@ -223,12 +223,12 @@ class InferenceActor:
         fatal for the actor: Ray restarts it and retries the batch."""
         if not prompts:
             return []
-        from pipeline.engine.engine import _is_engine_dead
+        from pipeline.engine.engine import is_engine_dead
 
         try:
             return await asyncio.wrap_future(self.engine.submit(prompts, params))
         except Exception as e:  # noqa: BLE001
-            if _is_engine_dead(e) or self.engine.is_dead():
+            if is_engine_dead(e) or self.engine.is_dead():
                 self._die(e)
             raise
 

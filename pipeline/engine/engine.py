@@ -264,7 +264,7 @@ class Engine:
             *(self._generate_one(p, sp) for p, sp in zip(prompts, params)), return_exceptions=True
         )
         for r in results:
-            if isinstance(r, BaseException) and (_is_engine_dead(r) or not isinstance(r, Exception)):
+            if isinstance(r, BaseException) and (is_engine_dead(r) or not isinstance(r, Exception)):
                 raise r
         return results
 
@@ -331,7 +331,7 @@ class Engine:
         return out
 
 
-def _is_engine_dead(exc: BaseException) -> bool:
+def is_engine_dead(exc: BaseException) -> bool:
     try:
         from vllm.v1.engine.exceptions import EngineDeadError
     except ImportError:  # pragma: no cover - other vLLM layouts
