@@ -17,13 +17,49 @@ import logging
 import sys
 from typing import Any, Optional
 
+from pipeline.errors import ExitStatus
+
 logger = logging.getLogger("pipeline")
+
+
+def _task_flags() -> list[tuple[str, str, str, Any]]:
+    """(task, field, flag, parse) for every task-specific setting of a simple type: the CLI
+    flags are derived from the task registry, so a new task brings its own."""
+    import typing
+
+    from pipeline.tasks import TASKS, TaskConfig
+
+    out, seen = [], {}
+    for tname, cls in TASKS.items():
+        for fname, f in cls.config_model.model_fields.items():
+            if fname in TaskConfig.model_fields:
+                continue
+            ann = f.annotation
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            base = args[0] if typing.get_origin(ann) is typing.Union and len(args) == 1 else ann
+            if base in (str, int, float):
+                parse = base
+            elif typing.get_origin(base) is list:
+                parse = _comma_list
+            else:
+                continue
+            flag = "--" + fname.replace("_", "-")
+            if flag in seen:  # the same name in two tasks: qualify both
+                raise AssertionError(f"task flag {flag} of {tname} clashes with {seen[flag]}; rename one field")
+            seen[flag] = tname
+            out.append((tname, fname, flag, parse))
+    return out
+
+
+def _comma_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _spec_from_args(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from pipeline.config import JobSpec, deep_merge
+    from pipeline.errors import UsageError
 
     over: dict[str, Any] = {}
 
@@ -54,35 +90,36 @@ def _spec_from_args(args: argparse.Namespace):
     put("resources.max_actor_restarts", args.max_actor_restarts)
     if args.incremental:
         over["incremental"] = True
-    if args.tasks:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        tasks: dict[str, Any] = {n: {} for n in names}
-        if "translation" in tasks:
-            if args.target_lang:
-                tasks["translation"]["target_lang"] = args.target_lang
-            if args.source_lang:
-                tasks["translation"]["source_lang"] = args.source_lang
+    # --tasks replaces the spec's task list; a task flag sets a field of its task (and, without
+    # --tasks, enables that task: `--target-lang fr` alone adds translation).
+    names = _comma_list(args.tasks) if args.tasks else None
+    tasks: dict[str, dict[str, Any]] = {n: {} for n in names or []}
+    for tname, fname, flag, _ in _task_flags():
+        value = getattr(args, fname)
+        if value is None:
+            continue
+        if names is not None and tname not in names:
+            raise UsageError(f"{flag} is a setting of the {tname} task, which --tasks does not list")
+        tasks.setdefault(tname, {})[fname] = value
+    if names is not None:
         over["tasks"] = tasks
-    elif args.target_lang or args.source_lang:
-        t = {"target_lang": args.target_lang} if args.target_lang else {}
-        if args.source_lang:
-            t["source_lang"] = args.source_lang
-        over.setdefault("tasks", {})["translation"] = t
+    elif tasks:
+        over["tasks"] = tasks
     try:
         if args.spec:
             spec = JobSpec.from_yaml(args.spec, over)
         else:
             spec = JobSpec.model_validate(deep_merge({}, over))
     except ValidationError as e:
-        raise SystemExit(_validation_message(e, args.spec)) from None
+        raise UsageError(_validation_message(e, args.spec)) from None
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UsageError(str(e)) from None
     return spec
 
 
 def _validation_message(e, spec_path: Optional[str]) -> str:
     where = f" in {spec_path}" if spec_path else ""
-    lines = [f"error: invalid job{where}:"]
+    lines = [f"invalid job{where}:"]
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")
@@ -91,67 +128,59 @@ def _validation_message(e, spec_path: Optional[str]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
-    from pipeline.batch.runner import RunError, run
-    from pipeline.engine.models import ModelError
-    from pipeline.io.sources import InputError
+    from pipeline.batch.runner import run
 
-    try:
-        summary = run(spec, force=args.force)
-    except (RunError, ModelError, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    _print_summary(summary)
-    return 0
+    _print_summary(run(spec, force=args.force))
+    return ExitStatus.OK
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    print(f"\nrun {s.get('run_id', '?')}: {s.get('status')}  output: {s.get('output', '')}")
-    if s.get("status") == "up-to-date":
+def _print_summary(s) -> None:
+    """A RunSummary for a person."""
+    print(f"\nrun {s.run_id}: {s.status}  output: {s.output}")
+    if s.status == "up-to-date":
         print("  nothing to compute: every input row is already published (use --force to recompute)")
-    print(f"  rows: {s.get('rows', 0):,}  computed now: {s.get('rows_computed', 0):,}  resumed: {s.get('rows_resumed', 0):,}")
-    for task, c in sorted(s.get("tasks", {}).items()):
-        print(f"  {task:<14} ok {c.get('ok', 0):>8,}   failed {c.get('error', 0):>6,}")
-    if s.get("error_kinds"):
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["error_kinds"].items()))
+    print(f"  rows: {s.rows:,}  computed now: {s.rows_computed:,}  resumed: {s.rows_resumed:,}")
+    for task, c in sorted(s.tasks.items()):
+        cut = f"   cut at max_tokens or empty {c.truncated:,}" if c.truncated else ""
+        print(f"  {task:<14} ok {c.ok:>8,}   failed {c.error:>6,}{cut}")
+    if s.error_kinds:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.error_kinds.items()))
         print(f"  error records by kind: {kinds}  (see errors/)")
-    print(f"  tokens in {s.get('prompt_tokens', 0):,}  out {s.get('output_tokens', 0):,}")
-    if s.get("rows_per_second") is not None:
-        print(f"  throughput: {s['rows_per_second']:,} rows/s, {s['output_tokens_per_second']:,} output tok/s "
-              f"(pipeline {s.get('pipeline_seconds')}s, incl. engine start-up)")
-    if s.get("output_tokens_per_second_after_startup") is not None:
-        print(f"  after start-up: {s['rows_per_second_after_startup']:,} rows/s, "
-              f"{s['output_tokens_per_second_after_startup']:,} output tok/s over {s.get('steady_seconds')}s "
-              f"(start-up {s.get('startup_seconds')}s, of which engine load {s.get('engine_load_seconds')}s)")
-    b = s.get("startup_breakdown")
+    print(f"  tokens in {s.prompt_tokens:,}  out {s.output_tokens:,}")
+    if s.rows_per_second is not None:
+        print(f"  throughput: {s.rows_per_second:,} rows/s, {s.output_tokens_per_second:,} output tok/s "
+              f"(pipeline {s.pipeline_seconds}s, incl. engine start-up)")
+    if s.output_tokens_per_second_after_startup is not None:
+        print(f"  after start-up: {s.rows_per_second_after_startup:,} rows/s, "
+              f"{s.output_tokens_per_second_after_startup:,} output tok/s over {s.steady_seconds}s "
+              f"(start-up {s.startup_seconds}s, of which engine load {s.engine_load_seconds}s)")
+    b = s.startup_breakdown
     if b:
-        print(f"  start-up: plan {b['plan']}s, Ray {b['ray_init']}s, until the first actor ran {b['until_actor']}s, "
-              f"its imports and engine load {b['actor_to_engine_ready']}s")
-    if s.get("actor_generate_seconds"):
-        print(f"  actors: {s.get('actor_prepare_seconds')}s rendering prompts, {s['actor_generate_seconds']}s waiting on "
-              f"engines (summed over batches in flight), {s.get('commit_seconds')}s committing")
-    if s.get("prefix_cache_hit_rate") is not None:
-        print(f"  prefix cache: {s['prefix_cache_hit_rate']:.1%} of prompt tokens served from the cache")
-    if s.get("commit_seconds") is not None:
-        print(f"  commits: {s['commit_seconds']}s writing parts (summed over actors), {s.get('publish_seconds')}s publishing")
-    print(f"  wall time: {s.get('wall_seconds')}s")
-    if s.get("output"):
-        print(f"  summary: {s['output'].rstrip('/')}/summary.json")
+        print(f"  start-up: plan {b.plan}s, Ray {b.ray_init}s, until the first actor ran {b.until_actor}s, "
+              f"its imports and engine load {b.actor_to_engine_ready}s")
+    if s.actor_generate_seconds:
+        print(f"  actors: {s.actor_prepare_seconds}s rendering prompts, {s.actor_generate_seconds}s waiting on "
+              f"engines (summed over batches in flight), {s.commit_seconds}s committing")
+    if s.prefix_cache_hit_rate is not None:
+        print(f"  prefix cache: {s.prefix_cache_hit_rate:.1%} of prompt tokens served from the cache")
+    if s.commit_seconds is not None:
+        print(f"  commits: {s.commit_seconds}s writing parts (summed over actors), {s.publish_seconds}s publishing")
+    print(f"  wall time: {s.wall_seconds}s")
+    if s.output and s.kind == "run":
+        print(f"  summary: {s.output.rstrip('/')}/summary.json")
 
 
 def cmd_retry_errors(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
-    from pipeline.batch.runner import RunError, retry_errors
-    from pipeline.engine.models import ModelError
-    from pipeline.io.sources import InputError
+    from pipeline.batch.retry import retry_errors
+    from pipeline.errors import ErrorKind, UsageError
 
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    try:
-        summary = retry_errors(spec, kinds)
-    except (RunError, ModelError, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    _print_summary(summary)
-    return 0
+    kinds = tuple(_comma_list(args.kinds))
+    unknown = sorted(set(kinds) - {k.value for k in ErrorKind})
+    if unknown:
+        raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
+    _print_summary(retry_errors(spec, kinds))
+    return ExitStatus.OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -186,26 +215,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipeline.engine.models import ModelError, default_model_path, ensure_default_model
+    from pipeline.engine.models import default_model_path, ensure_default_model
 
     if args.action == "path":
         print(default_model_path())
-        return 0
-    try:
-        print(ensure_default_model(force=args.force))
-    except ModelError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitStatus.OK
+    print(ensure_default_model(force=args.force))
+    return ExitStatus.OK
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="job spec (YAML); flags below override its fields")
     p.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs, s3:// or http(s):// URIs")
     p.add_argument("--output", metavar="DIR", help="output folder (local or s3://)")
-    p.add_argument("--tasks", help="comma-separated: sentiment,summarization,translation")
-    p.add_argument("--target-lang", help="translation target language (required for translation)")
-    p.add_argument("--source-lang", help="translation source language (optional)")
+    from pipeline.tasks import TASKS
+
+    p.add_argument("--tasks", help=f"comma-separated, of: {','.join(TASKS)}")
+    for tname, fname, flag, parse in _task_flags():
+        field = TASKS[tname].config_model.model_fields[fname]
+        p.add_argument(flag, dest=fname, type=parse, metavar=fname.upper(),
+                       help=f"{tname}: {field.description or fname}" + (" (comma-separated)" if parse is _comma_list else ""))
     p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--text-field", help="column with the text (default: text)")
     p.add_argument("--id-field", help="column with a unique row id (default: source file and position)")
@@ -235,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retry-errors", help="reprocess error records (dead letters) into the same output")
     _add_job_args(p)
-    p.add_argument("--kinds", default="generation_error,invalid_output,too_long,read_error",
-                   help="error kinds to retry (comma-separated)")
+    from pipeline.batch.retry import RETRYABLE_KINDS
+
+    p.add_argument("--kinds", default=",".join(RETRYABLE_KINDS), help="error kinds to retry (comma-separated)")
     p.set_defaults(func=cmd_retry_errors)
 
     p = sub.add_parser("validate", help="validate a job spec and print it resolved; starts nothing")
@@ -261,7 +291,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    return args.func(args)
+    from pipeline.errors import PipelineError
+
+    try:
+        return int(args.func(args) or ExitStatus.OK)
+    except PipelineError as e:
+        # One line (or a short block for a spec with several bad fields) a person can act on;
+        # the traceback only with --verbose.
+        logger.debug("failed", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return int(e.exit_status)
+    except KeyboardInterrupt:
+        print("interrupted: committed parts are kept; the same command resumes", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # vLLM spawns processes: entry points need this guard

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, create_model, model_validator
 
-TASK_NAMES = ("sentiment", "summarization", "translation")
+from pipeline.tasks.base import TaskConfig
+from pipeline.tasks.registry import TASKS
+from pipeline.typed import StrictModel as _Model
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+TASK_NAMES = tuple(TASKS)
 
 
 class InputConfig(_Model):
@@ -46,73 +46,29 @@ class OutputConfig(_Model):
     )
 
 
-class SamplingOverride(_Model):
-    """Any subset of vLLM SamplingParams fields; merged over the task's defaults."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    temperature: Optional[float] = Field(None, ge=0)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    top_k: Optional[int] = None
-    max_tokens: Optional[int] = Field(None, ge=1)
-    min_tokens: Optional[int] = Field(None, ge=0)
-    repetition_penalty: Optional[float] = Field(None, gt=0)
-    ignore_eos: Optional[bool] = None
-    seed: Optional[int] = None
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-class PromptOverride(_Model):
-    system: Optional[str] = Field(None, description="System message; replaces the task's default instruction.")
-    user: Optional[str] = Field(
-        None,
-        description="User message template; must contain '{text}'. Other fields: the task's parameters, e.g. {target_lang}.",
-    )
-
-    @field_validator("user")
-    @classmethod
-    def _has_text(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and "{text}" not in v:
-            raise ValueError("the user template must contain '{text}'")
-        return v
-
-
-class _TaskBase(_Model):
-    prompt: PromptOverride = Field(default_factory=PromptOverride, description="Prompt overrides.")
-    sampling: SamplingOverride = Field(default_factory=SamplingOverride, description="Sampling overrides.")
-
-
-class SentimentConfig(_TaskBase):
-    labels: list[str] = Field(
-        ["positive", "negative", "neutral"],
-        min_length=2,
-        description="Allowed labels; every answer is one of them (vLLM structured outputs).",
-    )
-
-
-class SummarizationConfig(_TaskBase):
-    max_words: int = Field(60, ge=5, le=1000, description="Length bound given to the model, in words.")
-
-
-class TranslationConfig(_TaskBase):
-    target_lang: str = Field(description="Target language, e.g. 'fr' or 'French'.")
-    source_lang: Optional[str] = Field(None, description="Source language; the model infers it when omitted.")
-
-
-class TasksConfig(_Model):
-    sentiment: Optional[SentimentConfig] = None
-    summarization: Optional[SummarizationConfig] = None
-    translation: Optional[TranslationConfig] = None
-
+class _TasksBase(_Model):
     @model_validator(mode="after")
-    def _at_least_one(self) -> "TasksConfig":
+    def _at_least_one(self) -> "_TasksBase":
         if not self.enabled():
-            raise ValueError("at least one task is required (sentiment, summarization, translation)")
+            raise ValueError(f"at least one task is required ({', '.join(TASK_NAMES)})")
         return self
 
-    def enabled(self) -> dict[str, _TaskBase]:
+    def enabled(self) -> dict[str, TaskConfig]:
+        """The enabled tasks' configs, in registry order (fixed, so output and prompts are deterministic)."""
         return {n: getattr(self, n) for n in TASK_NAMES if getattr(self, n) is not None}
+
+
+# One optional field per registered task (pipeline/tasks/registry.py is the one place a task
+# is declared: its config model, its class, and from them its CLI flags).
+TasksConfig = create_model(
+    "TasksConfig",
+    __base__=_TasksBase,
+    __doc__="The tasks to run on every row; each key enables one task with its settings.",
+    **{
+        name: (Optional[cls.config_model], Field(None, description=cls.description))
+        for name, cls in TASKS.items()
+    },
+)
 
 
 class ModelConfig(_Model):

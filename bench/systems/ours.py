@@ -36,7 +36,7 @@ def run(wl: Workload, **overrides: Any) -> Result:
     out = tempfile.mkdtemp(prefix=f"bench-ours-{wl.name}-")
     spec = job_spec(wl, out, **overrides)
     t0 = time.time()
-    summary = run_job(spec, force=True, interactive=False)
+    summary = run_job(spec, force=True, interactive=False).to_json()
     total = time.time() - t0
     startup = summary["startup_seconds"]
     detail = {k: summary.get(k) for k in (

@@ -23,8 +23,8 @@ import pyarrow as pa
 from pipeline.config import JobSpec
 from pipeline.io.commit import ERROR_SCHEMA, ERRORS, RunCommitter, part_key
 from pipeline.io.store import Store
-from pipeline.tasks import TaskOutputError, build_tasks
-from pipeline.tasks.prompting import PromptTooLong, render_tokens
+from pipeline.tasks import build_tasks
+from pipeline.tasks.execute import ExecContext, TaskResult, execute
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ class InferenceActor:
         self.instance = uuid.uuid4().hex
         if progress is not None:
             progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at)
-        self.tokenizer = self.engine.tokenizer
-        self.params = [t.sampling_params() for t in self.tasks]
+        self.ctx = ExecContext(self.engine.tokenizer, self.spec.engine.max_model_len, self.spec.engine.context_policy)
         self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call
         threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()
 
@@ -168,101 +167,65 @@ class InferenceActor:
         return m
 
     # -- inference ------------------------------------------------------------------
-    async def _infer(self, cols: dict[str, list], rows: list[int], timing: dict[str, float]) -> dict[tuple[int, int], dict[str, Any]]:
-        """(row, task) -> {"ok": columns} or {"error": (kind, message)} for every row and task."""
-        out: dict[tuple[int, int], dict[str, Any]] = {}
-        t_prep = time.perf_counter()
-        prompts, params, keys, truncs = [], [], [], []
-        max_len, policy = self.spec.engine.max_model_len, self.spec.engine.context_policy
+    async def _infer(self, cols: dict[str, list], rows: list[int], timing: dict[str, float]) -> dict[tuple[int, int], TaskResult]:
+        """(row, task) -> TaskResult for every row and task the batch needs. Each (row, task)
+        is one `execute` coroutine (pipeline.tasks.execute, shared with the Serve endpoint);
+        all of them are in the engine together, so continuous batching always has work."""
+        out: dict[tuple[int, int], TaskResult] = {}
+        keys, coros = [], []
         only = cols.get("only_tasks")  # set by retry runs: the tasks this row still needs
         for i in rows:
             kind = cols["error_kind"][i]
             for t, task in enumerate(self.tasks):
                 if only is not None and only[i] is not None and task.name not in only[i].split(","):
                     continue
-                if kind:
-                    out[(i, t)] = {"error": (kind, cols["error_message"][i])}
+                if kind:  # the reader already failed this row: its error stands for every task
+                    out[(i, t)] = TaskResult.failure(task.name, kind, cols["error_message"][i])
                     continue
-                try:
-                    ids, truncated = render_tokens(task, cols["text"][i], self.tokenizer, max_len, policy)
-                except PromptTooLong as e:
-                    out[(i, t)] = {"error": ("too_long", str(e))}
-                    continue
-                prompts.append(ids)
-                params.append(self.params[t])
                 keys.append((i, t))
-                truncs.append(truncated)
-
+                coros.append(execute(task, cols["text"][i], self.engine, self.ctx))
         t0 = time.perf_counter()
-        gens = await self._generate(prompts, params)
-        timing["prepare_seconds"] += t0 - t_prep
+        results = await asyncio.gather(*coros, return_exceptions=True)
         timing["generate_seconds"] += time.perf_counter() - t0
-        for (i, t), gen, truncated in zip(keys, gens, truncs):
-            if isinstance(gen, BaseException):
-                out[(i, t)] = {"error": ("generation_error", f"{type(gen).__name__}: {gen}")}
-                continue
-            try:
-                parsed = self.tasks[t].parse(gen.completion)
-            except TaskOutputError as e:
-                out[(i, t)] = {"error": ("invalid_output", str(e))}
-                continue
-            out[(i, t)] = {
-                "ok": {
-                    **parsed,
-                    "input_truncated": truncated,
-                    "prompt_tokens": gen.prompt_tokens,
-                    "output_tokens": len(gen.completion.token_ids),
-                    "finish_reason": gen.completion.finish_reason,
-                }
-            }
+        for key, r in zip(keys, results):
+            if isinstance(r, BaseException):
+                # Only a dead engine escapes execute(): fatal for this actor (Ray restarts it
+                # and retries the batch; committed parts are skipped then).
+                self._die(r)
+            out[key] = r
+            timing["prepare_seconds"] += r.timings.get("render", 0.0)
         return out
 
-    async def _generate(self, prompts: list, params: list) -> list:
-        """All requests go to the engine at once; a request that fails comes back as its
-        exception (an error record for that row), never failing the batch. Engine death is
-        fatal for the actor: Ray restarts it and retries the batch."""
-        if not prompts:
-            return []
-        from pipeline.engine.engine import is_engine_dead
-
-        try:
-            return await asyncio.wrap_future(self.engine.submit(prompts, params))
-        except Exception as e:  # noqa: BLE001
-            if is_engine_dead(e) or self.engine.is_dead():
-                self._die(e)
-            raise
-
     # -- output ---------------------------------------------------------------------
-    def _part_tables(self, cols, idx, results):
+    def _part_tables(self, cols, idx, results: dict[tuple[int, int], TaskResult]):
         counts: dict[str, dict[str, int]] = {}
         ptoks = otoks = 0
         tables: dict[str, pa.Table] = {}
         err_rows: list[dict[str, Any]] = []
-        base_of = lambda i: {  # noqa: E731
-            "row_id": cols["row_id"][i],
-            "source": cols["source"][i],
-            "position": cols["position"][i],
-        }
+        only = cols.get("only_tasks")
         for t, task in enumerate(self.tasks):
             ok_rows = []
-            n_err = 0
-            task_idx = [i for i in idx if (i, t) in results]
-            for i in task_idx:
-                r = results[(i, t)]
-                if "ok" in r:
-                    ok_rows.append({**base_of(i), "task": task.name, "model": self.model_name, "run_id": self.run_id, **r["ok"]})
-                    ptoks += r["ok"]["prompt_tokens"]
-                    otoks += r["ok"]["output_tokens"]
+            n_err = n_cut = 0
+            expected = 0
+            for i in idx:
+                if only is not None and only[i] is not None and task.name not in only[i].split(","):
+                    continue
+                expected += 1
+                r = results.get((i, t))
+                if r is None:
+                    continue
+                base = {"row_id": cols["row_id"][i], "source": cols["source"][i], "position": cols["position"][i], "task": task.name}
+                ptoks += r.prompt_tokens
+                otoks += r.output_tokens
+                if r.ok:
+                    ok_rows.append({**base, "model": self.model_name, "run_id": self.run_id, **r.columns})
+                    n_cut += r.output_truncated
                 else:
-                    kind, msg = r["error"]
-                    err_rows.append({**base_of(i), "task": task.name, "error_kind": kind, "error_message": msg, "run_id": self.run_id})
+                    err_rows.append({**base, "error_kind": r.error_kind.value, "error_message": r.error_message, "run_id": self.run_id})
                     n_err += 1
-            expected = len(idx) if "only_tasks" not in cols else sum(
-                1 for i in idx if cols["only_tasks"][i] is None or task.name in cols["only_tasks"][i].split(",")
-            )
             if len(ok_rows) + n_err != expected:  # one row in, one row out: never drop or double
                 raise RuntimeError(f"task {task.name}: {expected} rows in, {len(ok_rows) + n_err} out")
-            counts[task.name] = {"ok": len(ok_rows), "error": n_err}
+            counts[task.name] = {"ok": len(ok_rows), "error": n_err, "truncated": n_cut}
             tables[task.name] = pa.Table.from_pylist(ok_rows, schema=task.schema())
         tables[ERRORS] = pa.Table.from_pylist(err_rows, schema=ERROR_SCHEMA)
         return tables, counts, ptoks, otoks

@@ -1,25 +1,33 @@
 """The vLLM engine wrapper: the one place where an engine is configured, started and stopped.
 
-Used by the batch actor and (later) the Serve replica. Construction has no side effects;
-`start()` loads the model and `shutdown()` frees it (also via `with Engine(...) as e:`).
+Used by the batch actor and the Serve replica alike; it knows nothing of tasks (prompts,
+parsing): it takes prompt token ids and sampling parameters and gives back completions.
+Construction has no side effects; `start()` loads the model and `shutdown()` frees it
+(also via `with Engine(...) as e:`).
+
+Two ways to call it, from any thread or event loop:
+- per request: `await engine.agenerate(ids, params)` (one result) and
+  `async for chunk in engine.astream(ids, params)` (streamed text); cancelling the caller
+  aborts the request inside vLLM, so a client that goes away frees its KV cache;
+- whole lists: `engine.submit(prompts, params)` (a concurrent future) and `engine.generate`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence
 
 from pipeline.config import EngineConfig
-from pipeline.tasks.base import Completion
+from pipeline.engine.outputs import Completion, Generation, StreamChunk
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +36,8 @@ class EngineError(RuntimeError):
     """The engine could not start or died: fatal for the actor, never a per-row error."""
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One finished request: the completion plus the prompt length it was computed from."""
-
-    completion: Completion
-    prompt_tokens: int
+class EngineDead(EngineError):
+    """The engine-core process is gone: every request in flight and to come fails."""
 
 
 @lru_cache(maxsize=1)
@@ -197,7 +201,15 @@ class Engine:
             return
         llm, self._llm = self._llm, None
         try:
-            llm.shutdown()
+            if self._loop is not None and self._loop.is_running():
+                # On the engine's own loop, so that vLLM's output handler and socket tasks are
+                # cancelled and awaited there: stopping the loop under them prints
+                # "Task was destroyed but it is pending" and EngineDeadError tracebacks.
+                asyncio.run_coroutine_threadsafe(_shutdown_on_loop(llm), self._loop).result(timeout=60)
+            else:
+                llm.shutdown()
+        except Exception as e:  # noqa: BLE001 - shutting down a broken engine must not raise
+            logger.debug("engine shutdown: %s", e, exc_info=True)
         finally:
             self._stop_loop()
             del llm
@@ -205,9 +217,12 @@ class Engine:
 
     def _stop_loop(self) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            loop = self._loop
+            loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()
             self._loop = self._thread = None
 
     def __enter__(self) -> "Engine":
@@ -227,6 +242,72 @@ class Engine:
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
+    # -- per request (any event loop) ----------------------------------------------------
+    async def agenerate(self, prompt: Sequence[int], params: Any, request_id: Optional[str] = None) -> Generation:
+        """One request, awaited from any event loop (the engine's own or another thread's).
+        Cancelling the awaiting task aborts the request in the engine."""
+        loop = self._loop_or_fail()
+        coro = self._generate_one(list(prompt), params, request_id)
+        if _running_loop() is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    async def astream(
+        self, prompt: Sequence[int], params: Any, request_id: Optional[str] = None
+    ) -> AsyncIterator[StreamChunk]:
+        """One request, its text delivered as it is generated. Closing the iterator early
+        (or cancelling its consumer) aborts the request in the engine."""
+        from vllm.sampling_params import RequestOutputKind
+
+        loop = self._loop_or_fail()
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        delta = params.clone()
+        delta.output_kind = RequestOutputKind.DELTA
+        done = object()
+
+        async def produce() -> None:
+            try:
+                async for chunk in self._iterate(list(prompt), delta, request_id):
+                    caller.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                caller.call_soon_threadsafe(queue.put_nowait, e)
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                caller.call_soon_threadsafe(queue.put_nowait, done)
+
+        fut = asyncio.run_coroutine_threadsafe(produce(), loop)
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()  # cancels produce() on the engine loop: vLLM aborts the request
+
+    async def _iterate(self, prompt: list[int], params: Any, request_id: Optional[str]) -> AsyncIterator[StreamChunk]:
+        """Runs on the engine loop: vLLM's DELTA outputs as StreamChunks."""
+        from vllm.inputs import TokensPrompt
+
+        rid = request_id or f"s{next(self._ids)}"
+        with self._tracked(), _dead_engine_as_error():
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                o = out.outputs[0]
+                yield StreamChunk(
+                    text=o.text,
+                    token_ids=tuple(o.token_ids),
+                    finish_reason=o.finish_reason if out.finished else None,
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                )
+            self.finished_requests += 1
+            self.last_progress = time.monotonic()
+
+    # -- whole lists (any thread) --------------------------------------------------------
     def submit(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> "concurrent.futures.Future":
         """Send every request now; the future gives, in input order, a Generation or the
         exception of that one request. Raises EngineDeadError (through the future) if the
@@ -268,23 +349,29 @@ class Engine:
                 raise r
         return results
 
-    async def _generate_one(self, prompt: list[int], params: Any) -> Generation:
-        from vllm.inputs import TokensPrompt
-
+    @contextlib.contextmanager
+    def _tracked(self):
+        """Liveness bookkeeping around one request (runs on the engine loop: no lock needed)."""
         if self.in_flight == 0:
             self.last_progress = time.monotonic()
         self.in_flight += 1
         try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def _generate_one(self, prompt: list[int], params: Any, request_id: Optional[str] = None) -> Generation:
+        from vllm.inputs import TokensPrompt
+
+        with self._tracked(), _dead_engine_as_error():
             final = None
-            rid = f"r{next(self._ids)}"
+            rid = request_id or f"r{next(self._ids)}"
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), self._final_only(params), rid):
                 final = out
             if final is None:
                 raise EngineError(f"request {rid} ended without output")
             self.finished_requests += 1
             self.last_progress = time.monotonic()
-        finally:
-            self.in_flight -= 1
         o = final.outputs[0]
         return Generation(
             completion=Completion(
@@ -292,6 +379,7 @@ class Engine:
                 token_ids=tuple(o.token_ids),
                 finish_reason=o.finish_reason,
                 cumulative_logprob=o.cumulative_logprob,
+                top_logprobs=_top_logprobs(o.logprobs),
             ),
             prompt_tokens=len(final.prompt_token_ids or ()),
         )
@@ -324,6 +412,9 @@ class Engine:
                     "vllm:prefix_cache_hits",
                     "vllm:prompt_tokens",
                     "vllm:generation_tokens",
+                    "vllm:num_requests_running",
+                    "vllm:num_requests_waiting",
+                    "vllm:kv_cache_usage_perc",
                 ):
                     out[name.split(":", 1)[1]] = float(getattr(m, "value", 0.0))
         except Exception:  # noqa: BLE001 - metrics are best effort
@@ -331,7 +422,46 @@ class Engine:
         return out
 
 
+async def _shutdown_on_loop(llm: Any) -> None:
+    llm.shutdown()
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not me]
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _top_logprobs(logprobs: Any) -> tuple[dict[int, float], ...]:
+    """vLLM's per-position {token id: Logprob} as plain {token id: float}."""
+    if not logprobs:
+        return ()
+    return tuple({int(t): float(getattr(lp, "logprob", lp)) for t, lp in pos.items()} for pos in logprobs)
+
+
+@contextlib.contextmanager
+def _dead_engine_as_error():
+    """vLLM's EngineDeadError as our EngineDead, so callers need not import vLLM to tell a
+    dead engine (fatal) from one failed request."""
+    try:
+        yield
+    except EngineDead:
+        raise
+    except Exception as e:
+        if is_engine_dead(e):
+            raise EngineDead(f"the vLLM engine died: {e}") from e
+        raise
+
+
 def is_engine_dead(exc: BaseException) -> bool:
+    if isinstance(exc, EngineDead):
+        return True
     try:
         from vllm.v1.engine.exceptions import EngineDeadError
     except ImportError:  # pragma: no cover - other vLLM layouts

@@ -33,6 +33,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -67,7 +69,7 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 _FINGERPRINT_EXTRA_FILES = ("generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-class ModelError(RuntimeError):
+class ModelError(PipelineError):
     """A model cannot be found or prepared; the message says what to do."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
+from pipeline.errors import PipelineError
 from pipeline.io.store import Store
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ ERROR_SCHEMA = pa.schema(
 )
 
 
-class CommitError(RuntimeError):
+class CommitError(PipelineError):
     """The committed parts do not add up (a dropped or doubled row): nothing is published."""
 
 

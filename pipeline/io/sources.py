@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from pipeline.config import InputConfig
+from pipeline.errors import UsageError
 
 __all__ = ["InputError", "SourceFile", "list_sources", "detect_compression", "detect_format"]
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """Bad input configuration: a path matching nothing, an unknown format... The message says what to do."""
 
 

@@ -6,12 +6,13 @@ demand, so the batch actor and the Serve replica use the very same definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import pyarrow as pa
+from pydantic import Field, field_validator
 
-from pipeline.config import _TaskBase
+from pipeline.engine.outputs import Completion
+from pipeline.typed import StrictModel
 
 # Columns every task dataset has, in this order; task-specific columns follow.
 COMMON_COLUMNS: list[pa.Field] = [
@@ -21,6 +22,9 @@ COMMON_COLUMNS: list[pa.Field] = [
     pa.field("task", pa.string()),
     pa.field("output_text", pa.string()),
     pa.field("input_truncated", pa.bool_()),
+    # The answer was cut at max_tokens (finish_reason 'length') or is empty: kept, but flagged
+    # (task setting on_truncated: error makes it an error record instead).
+    pa.field("output_truncated", pa.bool_()),
     pa.field("prompt_tokens", pa.int32()),
     pa.field("output_tokens", pa.int32()),
     pa.field("finish_reason", pa.string()),
@@ -29,14 +33,47 @@ COMMON_COLUMNS: list[pa.Field] = [
 ]
 
 
-@dataclass(frozen=True)
-class Completion:
-    """What a task needs from one engine output (engine-agnostic, easy to build in tests)."""
+class SamplingOverride(StrictModel):
+    """Any subset of vLLM SamplingParams fields; merged over the task's defaults."""
 
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: Optional[str]
-    cumulative_logprob: Optional[float] = None
+    temperature: Optional[float] = Field(None, ge=0, description="0 is greedy (the default).")
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: Optional[int] = Field(None, description="Sample among the k most likely tokens (-1: all).")
+    max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens generated per answer.")
+    min_tokens: Optional[int] = Field(None, ge=0, description="Fewest tokens generated before a stop may end the answer.")
+    repetition_penalty: Optional[float] = Field(None, gt=0, description=">1 discourages repeating tokens.")
+    ignore_eos: Optional[bool] = Field(None, description="Keep generating past the end-of-sequence token.")
+    seed: Optional[int] = Field(None, description="Per-request seed for sampled (temperature > 0) answers.")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class PromptOverride(StrictModel):
+    system: Optional[str] = Field(None, description="System message; replaces the task's default instruction.")
+    user: Optional[str] = Field(
+        None,
+        description="User message template; must contain '{text}'. Other fields: the task's parameters, e.g. {target_lang}.",
+    )
+
+    @field_validator("user")
+    @classmethod
+    def _has_text(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and "{text}" not in v:
+            raise ValueError("the user template must contain '{text}'")
+        return v
+
+
+class TaskConfig(StrictModel):
+    """Settings every task has; each task's config model adds its own."""
+
+    prompt: PromptOverride = Field(default_factory=PromptOverride, description="Prompt overrides.")
+    sampling: SamplingOverride = Field(default_factory=SamplingOverride, description="Sampling overrides.")
+    on_truncated: Literal["keep", "error"] = Field(
+        "keep",
+        description="An answer cut at max_tokens, or empty: 'keep' it with output_truncated=true (counted apart "
+        "in the summary), or 'error': an error record of kind truncated_output instead.",
+    )
 
 
 class TaskOutputError(ValueError):
@@ -45,14 +82,17 @@ class TaskOutputError(ValueError):
 
 class Task:
     name: ClassVar[str]
+    description: ClassVar[str] = ""
+    config_model: ClassVar[type[TaskConfig]] = TaskConfig
     # Task-specific output columns (after COMMON_COLUMNS).
     extra_columns: ClassVar[list[pa.Field]] = []
     default_system: ClassVar[str]
     default_user: ClassVar[str] = "{text}"
     default_sampling: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, cfg: _TaskBase):
+    def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
+        self._params: Any = None
 
     # -- prompt ---------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -77,6 +117,12 @@ class Task:
         return int(self.sampling_kwargs()["max_tokens"])
 
     def sampling_params(self):
+        """vLLM SamplingParams, built once per task object (the engine keys caches on it)."""
+        if self._params is None:
+            self._params = self._build_sampling_params()
+        return self._params
+
+    def _build_sampling_params(self):
         from vllm import SamplingParams
 
         return SamplingParams(**self.sampling_kwargs())

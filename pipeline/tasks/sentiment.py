@@ -7,11 +7,23 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.tasks.base import Completion, Task, TaskOutputError
+from pydantic import Field
+
+from pipeline.tasks.base import Completion, Task, TaskConfig, TaskOutputError
+
+
+class SentimentConfig(TaskConfig):
+    labels: list[str] = Field(
+        ["positive", "negative", "neutral"],
+        min_length=2,
+        description="Allowed labels; every answer is one of them (vLLM structured outputs).",
+    )
 
 
 class Sentiment(Task):
     name = "sentiment"
+    description = "One label per text from a fixed set (default positive, negative, neutral)."
+    config_model = SentimentConfig
     extra_columns = [
         pa.field("label", pa.string()),
         # Model probability of the emitted label (exp of its tokens' summed log-probs).
@@ -33,7 +45,7 @@ class Sentiment(Task):
         kw["structured_outputs"] = {"choice": list(self.cfg.labels)}
         return kw
 
-    def sampling_params(self):
+    def _build_sampling_params(self):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 

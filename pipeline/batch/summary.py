@@ -1,0 +1,131 @@
+"""A run's summary: what it computed, what failed and why, what it cost, where time went.
+
+`RunSummary` is the one shape `run()` and `retry_errors()` return, the CLI prints, and
+`OUT/summary.json` and the ledger (`OUT/_runs/<run>.json`) store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.io.commit import ERRORS
+from pipeline.io.store import Store
+
+
+class TaskCounts(BaseModel):
+    ok: int = Field(0, description="Rows with a result.")
+    error: int = Field(0, description="Rows with an error record instead.")
+    truncated: int = Field(0, description="Of the ok rows: answers cut at max_tokens or empty (output_truncated).")
+
+
+class StartupBreakdown(BaseModel):
+    plan: float = Field(description="Listing and fingerprinting inputs, resolving the model.")
+    ray_init: float = Field(description="Starting or joining the Ray cluster.")
+    until_actor: float = Field(description="Until the first inference actor ran (scheduling, worker start).")
+    actor_to_engine_ready: float = Field(description="The actor's imports and engine load.")
+
+
+class RunSummary(BaseModel):
+    # Ledgers written by other versions may hold fields this one lacks: ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    status: Literal["published", "up-to-date", "failed"]
+    output: str = ""
+    kind: Literal["run", "retry-errors"] = "run"
+    model: Optional[str] = None
+    input_files: int = 0
+    rows: int = Field(0, description="Input rows covered by this run (computed now or resumed).")
+    rows_computed: int = 0
+    rows_resumed: int = 0
+    tasks: dict[str, TaskCounts] = Field(default_factory=dict)
+    error_kinds: dict[str, int] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    wall_seconds: Optional[float] = None
+    version: Optional[int] = Field(None, description="The manifest version this run published.")
+    # Throughput over the pipeline (engine start-up included) and after start-up.
+    pipeline_seconds: Optional[float] = None
+    rows_per_second: Optional[float] = None
+    output_tokens_per_second: Optional[float] = None
+    startup_seconds: Optional[float] = None
+    engine_load_seconds: Optional[float] = None
+    startup_breakdown: Optional[StartupBreakdown] = None
+    steady_seconds: Optional[float] = None
+    rows_per_second_after_startup: Optional[float] = None
+    output_tokens_per_second_after_startup: Optional[float] = None
+    prefix_cache_hit_rate: Optional[float] = None
+    # What exactly-once costs: part writes and commit records (in the actors, summed) and the publish.
+    commit_seconds: Optional[float] = None
+    publish_seconds: Optional[float] = None
+    # Where the actors' time went, summed over actors and batches in flight.
+    actor_prepare_seconds: Optional[float] = None
+    actor_generate_seconds: Optional[float] = None
+    actor_batch_seconds: Optional[float] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def totals(parts: list[dict[str, Any]], store: Store) -> dict[str, Any]:
+    """Rows, tokens, per-task counts and error kinds over committed parts (kinds are read
+    from the parts' error files: small, one column)."""
+    import pyarrow.parquet as pq
+
+    tasks: dict[str, Counter] = defaultdict(Counter)
+    sums: Counter = Counter()
+    kinds: Counter = Counter()
+    for p in parts:
+        sums["rows"] += p["rows"]
+        sums["prompt_tokens"] += p["prompt_tokens"]
+        sums["output_tokens"] += p["output_tokens"]
+        for t, c in p["counts"].items():
+            for k, v in c.items():
+                tasks[t][k] += v
+        if ERRORS in p["files"]:
+            with store.fs.open_input_file(store.path(p["files"][ERRORS])) as f:
+                for k in pq.read_table(f, columns=["error_kind"])["error_kind"].to_pylist():
+                    kinds[k] += 1
+    return {
+        "rows": sums["rows"],
+        "prompt_tokens": sums["prompt_tokens"],
+        "output_tokens": sums["output_tokens"],
+        "tasks": {t: TaskCounts(**c) for t, c in tasks.items()},
+        "error_kinds": dict(kinds),
+    }
+
+
+def throughput(computed: dict[str, Any], t_start: float) -> dict[str, Any]:
+    """Throughput and start-up fields from what the execution measured."""
+    out: dict[str, Any] = {}
+    inference_s = computed.get("seconds", 0.0)
+    if inference_s:
+        out["rows_per_second"] = round(computed["rows"] / inference_s, 2)
+        out["output_tokens_per_second"] = round(computed["output_tokens"] / inference_s, 2)
+        out["pipeline_seconds"] = round(inference_s, 3)
+    if "first_engine_ready_at" in computed:
+        # Throughput once the first engine was up: what the run costs per token at scale,
+        # apart from a fixed start-up (cluster, actors, model load).
+        steady = time.time() - computed["first_engine_ready_at"]
+        out["startup_seconds"] = round(computed["first_engine_ready_at"] - t_start, 3)
+        out["engine_load_seconds"] = computed["engine_load_seconds"]
+        out["startup_breakdown"] = StartupBreakdown(
+            plan=round(computed["ray_started_at"] - t_start, 3),
+            ray_init=round(computed["ray_ready_at"] - computed["ray_started_at"], 3),
+            until_actor=round(computed["first_actor_created_at"] - computed["ray_ready_at"], 3),
+            actor_to_engine_ready=round(computed["first_engine_ready_at"] - computed["first_actor_created_at"], 3),
+        )
+        out["steady_seconds"] = round(steady, 3)
+        if steady > 0:
+            out["output_tokens_per_second_after_startup"] = round(computed["output_tokens"] / steady, 2)
+            out["rows_per_second_after_startup"] = round(computed["rows"] / steady, 2)
+    if "prefix_cache_hit_rate" in computed:
+        out["prefix_cache_hit_rate"] = computed["prefix_cache_hit_rate"]
+    out["commit_seconds"] = round(computed.get("commit_seconds", 0.0), 3)
+    for k in ("prepare_seconds", "generate_seconds", "batch_seconds"):
+        out[f"actor_{k}"] = round(computed.get(k, 0.0), 3)
+    return out
