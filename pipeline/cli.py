@@ -179,7 +179,7 @@ def cmd_retry_errors(args: argparse.Namespace) -> int:
     unknown = sorted(set(kinds) - {k.value for k in ErrorKind})
     if unknown:
         raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
-    _print_summary(retry_errors(spec, kinds))
+    _print_summary(retry_errors(spec, kinds, force=args.force))
     return ExitStatus.OK
 
 
@@ -250,7 +250,9 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-actor-restarts", type=int, help="restarts per inference actor before the run fails")
     p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")
     p.add_argument("--incremental", action="store_true", help="only input files no earlier run committed")
-    p.add_argument("--force", action="store_true", help="recompute even if this exact run is already published")
+    p.add_argument("--force", action="store_true",
+                   help="run: recompute even if this exact run is already published; "
+                        "retry-errors: retry even though the spec differs from the published configuration")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,15 +159,25 @@ class JobSpec(_Model):
         _resolve_relative_paths(data, base)
         return cls.model_validate(deep_merge(data, overrides or {}))
 
-    def result_fingerprint(self, model_id: str) -> str:
-        """Hash of everything that changes results: a new value means a new run, never mixed output."""
+    def result_fingerprint(
+        self, model_id: str, environment: Optional[dict[str, Any]] = None, admission: bool = True
+    ) -> str:
+        """Hash of everything that changes results: a new value means a new run, never mixed output.
+
+        `environment`: what outside the spec changes results (pipeline and engine versions,
+        the resolved dtype: `pipeline.batch.plan.result_environment`). `admission=False`
+        leaves out the settings that only decide whether a text fits the context
+        (max_model_len, context_policy): what `retry-errors` may change for the rows it retries.
+        """
+        engine = {"dtype", "seed", "tensor_parallel_size"} | ({"max_model_len", "context_policy"} if admission else set())
         relevant = {
             "input": self.input.model_dump(exclude={"paths"}),
             "tasks": self.tasks.model_dump(),
             "model": model_id,
-            "engine": self.engine.model_dump(include={"dtype", "max_model_len", "seed", "context_policy"}),
+            "engine": self.engine.model_dump(include=engine),
+            "environment": environment or {},
         }
-        blob = json.dumps(relevant, sort_keys=True).encode()
+        blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -68,3 +68,28 @@ def test_result_fingerprint_tracks_what_changes_results():
     assert a.result_fingerprint("m2") != fp
     assert prompt.result_fingerprint("m1") != fp
     assert sampling.result_fingerprint("m1") != fp
+
+
+def test_result_fingerprint_covers_the_environment_and_admission_settings():
+    a = JobSpec.model_validate(BASE)
+    longer = JobSpec.model_validate({**BASE, "engine": {"max_model_len": 4096, "context_policy": "reject"}})
+    env = {"vllm": "cpu-0.32.0", "dtype": "float32"}
+    fp = a.result_fingerprint("m1", env)
+    assert a.result_fingerprint("m1", {**env, "vllm": "cpu-0.33.0"}) != fp
+    assert a.result_fingerprint("m1", {**env, "dtype": "bfloat16"}) != fp
+    assert longer.result_fingerprint("m1", env) != fp
+    # What retry-errors compares: the same but for whether a text fits the context.
+    assert longer.result_fingerprint("m1", env, admission=False) == a.result_fingerprint("m1", env, admission=False)
+
+
+def test_result_environment_names_versions_dtype_and_task_definitions(monkeypatch):
+    from pipeline.batch.plan import result_environment
+    from pipeline.tasks.sentiment import Sentiment
+
+    spec = JobSpec.model_validate(BASE)
+    env = result_environment(spec)
+    assert env["vllm"].startswith(("cpu-", "cuda-")) and env["transformers"]
+    assert env["dtype"] in ("float32", "bfloat16", "auto")
+    assert set(env["tasks"]) == {"sentiment"}
+    monkeypatch.setattr(Sentiment, "default_system", "Another instruction: {labels}")
+    assert result_environment(spec)["tasks"] != env["tasks"]  # a new default prompt is a new run

@@ -36,6 +36,9 @@ class RunPlan:
     sources: list  # list[SourceFile]
     append: bool
     store: Store
+    # The configuration without the settings that only decide whether a text fits the
+    # context: a retry-errors run must match the published output on this one.
+    compat_fp: str = ""
 
     @property
     def committer(self) -> RunCommitter:
@@ -51,7 +54,9 @@ def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
     from pipeline.io.sources import list_sources
 
     model_path = resolve_model(spec.model.path)
-    config_fp = spec.result_fingerprint(model_fingerprint(model_path))
+    model_id = model_fingerprint(model_path)
+    env = result_environment(spec)
+    config_fp = spec.result_fingerprint(model_id, env)
     sources = list_sources(spec.input)
     store = Store(spec.output.path)
     manifest = read_manifest(store)
@@ -75,7 +80,36 @@ def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
     if force:
         h.update(f"\nforce {time.time_ns()}".encode())
     run_id = h.hexdigest()[:12]
-    return RunPlan(spec, str(model_path), config_fp, run_id, sources, append, store)
+    return RunPlan(spec, str(model_path), config_fp, run_id, sources, append, store,
+                   spec.result_fingerprint(model_id, env, admission=False))
+
+
+def result_environment(spec: JobSpec) -> dict[str, Any]:
+    """What outside the spec changes results, for the run id: the pipeline's own version and
+    task definitions (default prompts, parsers), the engine and tokenizer libraries'
+    versions, and the dtype the engine will really use."""
+    import importlib.metadata
+
+    import pipeline
+    from pipeline.engine.engine import cpu_has_native_bf16, installed_build, resolve_dtype
+    from pipeline.tasks import TASKS
+
+    build, vllm_version = installed_build()
+    device = spec.engine.device if spec.engine.device != "auto" else (build or "cpu")
+    try:
+        transformers_version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        transformers_version = None
+    return {
+        "pipeline": pipeline.__version__,
+        "tasks": {name: cls.definition() for name, cls in TASKS.items() if name in spec.tasks.enabled()},
+        "vllm": f"{build}-{vllm_version}",
+        "transformers": transformers_version,
+        "dtype": resolve_dtype(spec.engine, device),
+        # 'auto' on the CPU follows this flag; on a cluster the workers' CPUs decide, and a
+        # mixed cluster would compute in two dtypes: the driver's view is the best available.
+        "native_bf16": cpu_has_native_bf16() if device == "cpu" else None,
+    }
 
 
 def committed_inputs(store: Store, manifest: Optional[dict], config_fp: str) -> set[tuple[str, str]]:

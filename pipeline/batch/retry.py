@@ -28,13 +28,20 @@ RETRYABLE_KINDS = tuple(k.value for k in (
 ))
 
 
-def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, interactive: Optional[bool] = None) -> RunSummary:
+def retry_errors(
+    spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, interactive: Optional[bool] = None, force: bool = False
+) -> RunSummary:
     """Reprocess the published error records of the given kinds into the same output.
 
     Each (row, task) in error is computed again with the spec as given (for example a larger
     max_model_len, or context_policy: truncate); its old error record is taken out of the
     errors dataset and its new result (or new error) goes in, in one manifest switch, so
     every row stays exactly once per task.
+
+    The spec must be the one the output was published with, but for the settings that
+    decide whether a text fits (engine.max_model_len, engine.context_policy): otherwise the
+    retried rows would come from another model or prompt than their neighbours. `force`
+    overrides that check.
     """
     import pyarrow.parquet as pq
 
@@ -44,6 +51,14 @@ def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, intera
     manifest = read_manifest(store)
     if manifest is None:
         raise RunError(f"{spec.output.path} has no published output to retry")
+    published = manifest.get("compat")
+    if published and published != base.compat_fp and not force:
+        raise RunError(
+            f"{spec.output.path} was published with another configuration (model, prompts, sampling, reader "
+            "options or engine versions differ from this spec): retried rows would not match the others. Use the "
+            "spec it was published with (only engine.max_model_len and engine.context_policy may change), "
+            "or pass --force to mix them knowingly."
+        )
     enabled = set(spec.tasks.enabled())
     select: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     hit_files = []
@@ -95,7 +110,7 @@ def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, intera
     computed = execute_plan(plan, committer.committed_parts(), interactive, select=sel)
     parts = committer.committed_parts()
     counted = totals(parts, store)
-    manifest = committer.publish(parts, append=True, meta={"config": manifest.get("config"), "model": plan.model_path}, rewrites=rewrites)
+    manifest = committer.publish(parts, append=True, meta={"config": manifest.get("config"), "compat": published, "model": plan.model_path}, rewrites=rewrites)
     summary = RunSummary(
         run_id=run_id, status="published", kind="retry-errors", output=spec.output.path, model=plan.model_path,
         input_files=len(plan.sources), rows_computed=computed["rows"], rows_resumed=counted["rows"] - computed["rows"],

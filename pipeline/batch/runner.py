@@ -63,7 +63,7 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
     parts = committer.committed_parts()
     counted = totals(parts, store)
     t_pub = time.perf_counter()
-    manifest = committer.publish(parts, append=plan.append, meta={"config": plan.config_fp, "model": plan.model_path})
+    manifest = committer.publish(parts, append=plan.append, meta={"config": plan.config_fp, "compat": plan.compat_fp, "model": plan.model_path})
     summary = RunSummary(
         run_id=plan.run_id,
         status="published",

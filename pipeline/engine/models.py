@@ -144,40 +144,57 @@ def resolve_model(path: Optional[str | os.PathLike]) -> Path:
 # --------------------------------------------------------------------------- fingerprint
 
 
-def _sample_digest(path: Path, size: int, chunks: int = 8, chunk_size: int = 4096) -> bytes:
-    """Hash of a few evenly spaced chunks of a (large) file: cheap, and it tells apart two
-    checkpoints of one architecture (same names and sizes, different values)."""
+def file_digest(path: Path) -> str:
+    """sha256 of a whole file, cached by (path, size, mtime): a multi-GB checkpoint is read
+    once, and any later change of its bytes (which moves its mtime) is seen."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+    cache_file = cache_dir() / "file-digests.json"
+    try:
+        cached = json.loads(cache_file.read_text()).get(key)
+    except (OSError, ValueError):
+        cached = None
+    if cached:
+        return cached
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        if size <= chunks * chunk_size:
-            h.update(fh.read())
-        else:
-            step = (size - chunk_size) // (chunks - 1)
-            for i in range(chunks):
-                fh.seek(i * step)
-                h.update(fh.read(chunk_size))
-    return h.digest()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    try:  # best effort: a read-only cache only costs the next run a re-hash
+        with file_lock(cache_file.with_suffix(".lock"), "the file digest cache"):
+            try:
+                table = json.loads(cache_file.read_text())
+            except (OSError, ValueError):
+                table = {}
+            table = {k: v for k, v in table.items() if not k.startswith(f"{path}\0")}  # drop stale entries
+            table[key] = digest
+            tmp = cache_file.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=0, sort_keys=True))
+            os.replace(tmp, cache_file)
+    except OSError as e:
+        log.debug("could not cache the digest of %s: %s", path, e)
+    return digest
 
 
 def model_fingerprint(path: Path) -> str:
     """Short hex id of a model folder's identity.
 
-    Covers the content of config.json, tokenizer and generation-config files and, for
-    the weight files, their names and sizes plus a sample of their bytes (a few 4 KiB
-    chunks each, so it stays fast for multi-GB weights). It changes when any of them
-    changes; it does not depend on the folder's location or on timestamps.
+    Covers the content of config.json, the tokenizer and chat-template files, the
+    generation config and every weight file, whole (hashed once and cached by path, size
+    and mtime: `file_digest`). It changes when any of them changes; it does not depend on
+    the folder's location or on timestamps.
     """
     path = Path(path)
-    h = hashlib.sha256(b"pipeline-model-fingerprint-v1\0")
+    h = hashlib.sha256(b"pipeline-model-fingerprint-v2\0")
     for name in (CONFIG_FILE, *TOKENIZER_FILES, *_FINGERPRINT_EXTRA_FILES):
         f = path / name
         if f.is_file():
             h.update(name.encode() + b"\0")
             h.update(hashlib.sha256(f.read_bytes()).digest())
     for f in _weight_files(path):
-        size = f.stat().st_size
-        h.update(f"{f.name}\0{size}\0".encode())
-        h.update(_sample_digest(f, size))
+        h.update(f"{f.name}\0{f.stat().st_size}\0{file_digest(f)}\0".encode())
     return h.hexdigest()[:16]
 
 

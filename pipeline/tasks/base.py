@@ -84,6 +84,9 @@ class Task:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     config_model: ClassVar[type[TaskConfig]] = TaskConfig
+    # Bump when `parse` (or anything else that changes results besides the prompt and
+    # sampling defaults below) changes: it is part of every run id.
+    parser_version: ClassVar[int] = 1
     # Task-specific output columns (after COMMON_COLUMNS).
     extra_columns: ClassVar[list[pa.Field]] = []
     default_system: ClassVar[str]
@@ -131,6 +134,16 @@ class Task:
     def parse(self, completion: Completion) -> dict[str, Any]:
         """Task-specific columns from one completion; `output_text` included."""
         return {"output_text": completion.text.strip()}
+
+    @classmethod
+    def definition(cls) -> dict[str, Any]:
+        """What of the task's code changes results: its defaults and parser version."""
+        return {
+            "system": cls.default_system,
+            "user": cls.default_user,
+            "sampling": cls.default_sampling,
+            "parser_version": cls.parser_version,
+        }
 
     @classmethod
     def schema(cls) -> pa.Schema:

@@ -132,3 +132,18 @@ def test_retry_errors_moves_dead_letters_into_results_exactly_once(job):
     # Nothing left of that kind: a second retry computes nothing.
     p = run_cli("retry-errors", str(job["spec"]), "--kinds", "too_long", "--context-policy", "truncate")
     assert "computed now: 0" in p.stdout
+
+
+def test_retry_errors_refuses_another_configuration(job, tmp_path):
+    """Retried rows must come from the model and prompts their neighbours came from: a spec
+    that changed anything but the fit-the-context settings is refused before anything runs."""
+    import yaml
+
+    spec = yaml.safe_load(job["spec"].read_text())
+    spec["tasks"]["sentiment"] = {"prompt": {"system": "Answer with one of: {labels}."}}
+    changed = write_spec(tmp_path / "changed.yaml", **spec)
+    p = run_cli("retry-errors", str(changed), "--kinds", "empty_text", check=False)
+    assert p.returncode == 1, p.stderr
+    assert "another configuration" in p.stderr and "--force" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert len([line for line in p.stderr.splitlines() if line.startswith("error:")]) == 1

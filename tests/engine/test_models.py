@@ -231,6 +231,29 @@ def test_model_fingerprint(tiny: Path, tmp_path: Path) -> None:
     assert model_fingerprint(copy) != fp
 
 
+def test_fingerprint_covers_every_byte_of_the_weights(tmp_path: Path, monkeypatch) -> None:
+    """Two checkpoints of one shape that differ only mid-file (where a sampled hash of a few
+    blocks never looks) are two models; the whole-file digest is computed once and cached."""
+    import pipeline.engine.models as models
+
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "cache"))
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "config.json").write_text("{}")
+    blob = bytearray(8 << 20)
+    (m / "model.safetensors").write_bytes(bytes(blob))
+    fp = model_fingerprint(m)
+    blob[3 * (1 << 20) + 12345] = 1  # one byte, between any evenly spaced 4 KiB samples
+    (m / "model.safetensors").write_bytes(bytes(blob))
+    assert model_fingerprint(m) != fp
+
+    calls = []
+    real = models.hashlib.sha256
+    monkeypatch.setattr(models.hashlib, "sha256", lambda *a: calls.append(a) or real(*a))
+    model_fingerprint(m)  # cached: no whole-file hash this time (only the small files')
+    assert not [a for a in calls if not a]  # no streamed (whole-file) sha256 this time
+
+
 # =============================================================================== cache dir
 
 
