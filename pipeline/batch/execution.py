@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 # -- reading (runs in Ray tasks) ---------------------------------------------------------
 def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
     """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows."""
-    from pipeline.io.readers import read_units
+    from pipeline.io.readers import CommittedState, read_units
     from pipeline.io.sources import SourceFile
 
     cfg = InputConfig.model_validate_json(input_json)
@@ -37,8 +37,7 @@ def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterat
         src = SourceFile(**json.loads(src_json))
         done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
         select = json.loads(select_json) if select_json else None  # retry: {position: "task,task"}
-        skip = {u for u, d in done.items() if d["full"]}
-        for table in read_units(src, cfg, rows_per_unit, skip_units=skip):
+        for table in read_units(src, cfg, rows_per_unit, CommittedState.from_resume(src, done)):
             if select is not None:
                 table = _select_rows(table, select)
             unit = table["unit"][0].as_py() if table.num_rows else None

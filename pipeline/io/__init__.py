@@ -12,9 +12,10 @@ _EXPORTS = {
     "InputError": "sources",
     "SourceFile": "sources",
     "list_sources": "sources",
-    "ROW_SCHEMA": "readers",
+    "ROW_SCHEMA": "units",
     "ERROR_KINDS": "readers",
-    "unit_id": "readers",
+    "CommittedState": "units",
+    "unit_id": "units",
     "read_units": "readers",
 }
 
