@@ -34,7 +34,12 @@ class InputConfig(_Model):
         None,
         description="Column holding a unique row id. Without it, ids are '<source uri>#<position>', stable across runs.",
     )
-    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter.")
+    csv_delimiter: Optional[str] = Field(
+        None,
+        min_length=1,
+        max_length=1,
+        description="CSV field delimiter. Unset: a tab for .tsv files, a comma for the others.",
+    )
 
 
 class OutputConfig(_Model):

@@ -1,4 +1,17 @@
-"""CSV with a header row; the position is the 0-based record number (blank lines are not records)."""
+"""CSV with a header row; the position is the 0-based record number (blank lines are not records).
+
+Parsing is strict: Python's default csv reader takes a stray quote for the start of a
+quoted field and swallows the following lines into it without a word. Here a record the
+strict parser rejects (a quote never closed, text after a closing quote), or a record
+whose quoted field runs over several lines and then has the wrong number of fields, is
+taken to be its first physical line alone: that line becomes one `malformed_record` row and
+parsing starts again on the next line, so the rows after a bad quote are still read as rows
+and rows + errors = records. A quoted field over several lines that parses cleanly with the
+header's field count is valid CSV and stays one record (whether its quote was meant or not
+cannot be told from the bytes).
+
+The delimiter is `input.csv_delimiter`, or by extension: a tab for .tsv, a comma otherwise.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +24,54 @@ import pyarrow as pa
 from pipeline.config import InputConfig
 from pipeline.io.formats import Cursor
 from pipeline.io.formats.fields import INVALID_UTF8, MALFORMED, MISSING, clean, fields_list, text_problem, utf8_ok
-from pipeline.io.sources import SourceFile
+from pipeline.io.sources import COMPRESSION_EXTENSIONS, SourceFile
 from pipeline.io.units import UnitBuilder
 
 CSV_FIELD_LIMIT = 128 * 1024 * 1024  # a single CSV field may be up to 128 MiB
+
+
+def delimiter_for(src: SourceFile, cfg: InputConfig) -> str:
+    if cfg.csv_delimiter is not None:
+        return cfg.csv_delimiter
+    name = src.uri.lower().split("?", 1)[0]
+    for ext in COMPRESSION_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return "\t" if name.endswith(".tsv") else ","
+
+
+class _Lines:
+    """The physical lines of a text stream, fed to csv.reader one at a time.
+
+    Keeps the lines of the record being parsed, so that after a bad record all of them but
+    its first can be fed again (`resync`).
+    """
+
+    def __init__(self, text: Any) -> None:
+        self._next = iter(text).__next__
+        self.pending: list[str] = []  # lines to feed again, last one first
+        self.taken: list[str] = []  # lines of the current record
+        self.line = 0  # physical lines consumed: the number of the last one
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.pop() if self.pending else self._next()
+        self.taken.append(line)
+        self.line += 1
+        return line
+
+    def first_line(self) -> int:
+        return self.line - len(self.taken) + 1
+
+    def resync(self) -> None:
+        """Keep only the first line of the current record; the others are read again."""
+        rest = self.taken[1:]
+        self.pending.extend(reversed(rest))
+        self.line -= len(rest)
+        del self.taken[1:]
 
 
 def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: Callable[[], int],
@@ -24,13 +81,15 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
     uri = src.uri
     text_field = cfg.text_field
     id_field = cfg.id_field
-    text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text_stream, delimiter=cfg.csv_delimiter)
+    lines = _Lines(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+    taken = lines.taken
+    reader = csv.reader(lines, delimiter=delimiter_for(src, cfg), strict=True)
     pos = -1
     try:
         try:
             header = next(reader)
         except StopIteration:
+            cursor.rows = 0
             return  # empty file: no records
         except csv.Error as e:
             raise OSError(f"cannot parse the CSV header: {e}") from e
@@ -42,53 +101,67 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
         missing_id = f"id column '{id_field}' missing; columns present: {present}"
         rows = units.rows
         while True:
+            taken.clear()
             try:
-                for rec in reader:
-                    if not rec:
-                        continue  # blank line: not a record
-                    pos += 1
-                    if pos >= units.boundary:
-                        yield from units.enter(pos, tell())
-                        rows = units.rows
-                    if units.cur_skipped:
-                        continue
-                    if len(rec) != ncols:
-                        rows.append((f"{uri}#{pos}", pos, None, MALFORMED,
-                                     f"CSV record {pos} (line {reader.line_num}): {len(rec)} fields, but the header has {ncols}"))
-                        continue
-                    if id_field is None:
-                        rid = f"{uri}#{pos}"
-                    else:
-                        v = rec[ii] if ii is not None else None
-                        if v and not v.isspace() and (v.isascii() or utf8_ok(v)):
-                            rid = v
-                        else:
-                            where = f"CSV record {pos} (line {reader.line_num}): "
-                            if v is None:
-                                rows.append((f"{uri}#{pos}", pos, None, MISSING, where + missing_id))
-                            elif not v or v.isspace():
-                                rows.append((f"{uri}#{pos}", pos, None, MISSING, f"{where}id field '{id_field}' is empty"))
-                            else:
-                                rows.append((f"{uri}#{pos}", pos, None, INVALID_UTF8,
-                                             f"{where}id field '{id_field}' is not valid UTF-8"))
-                            continue
-                    if ti is None:
-                        rows.append((rid, pos, None, MISSING, f"CSV record {pos} (line {reader.line_num}): {missing_text}"))
-                        continue
-                    t = rec[ti]
-                    if t and not t.isspace() and "\x00" not in t and (t.isascii() or utf8_ok(t)):
-                        rows.append((rid, pos, t, None, None))
-                    else:
-                        kind, msg = text_problem(t, text_field, f"CSV record {pos} (line {reader.line_num}): ",
-                                                 surrogate_kind=INVALID_UTF8)
-                        rows.append((rid, pos, None, kind, msg))
+                rec = next(reader)
+                bad = None
+                if not rec:
+                    continue  # blank line: not a record
+                if len(rec) != ncols and len(taken) > 1:
+                    bad = f"{len(rec)} fields, but the header has {ncols}"
+            except StopIteration:
                 break
-            except csv.Error as e:  # a record the csv module cannot parse; the reader goes on after it
+            except csv.Error as e:
+                bad = f"{e}"
+            if bad is not None:
+                # A quote that opens a field and never closes right: its first line is the bad record.
+                first, last = lines.first_line(), lines.line
+                over = f"; a quoted field ran over lines {first}-{last}" if last > first else ""
+                lines.resync()
                 pos += 1
                 if pos >= units.boundary:
                     yield from units.enter(pos, tell())
                     rows = units.rows
                 if not units.cur_skipped:
-                    rows.append((f"{uri}#{pos}", pos, None, MALFORMED, clean(f"CSV record {pos} (line {reader.line_num}): {e}")))
+                    rows.append((f"{uri}#{pos}", pos, None, MALFORMED, clean(
+                        f"CSV record {pos} (line {first}): malformed quoting ({bad}){over}; "
+                        f"line {first} is taken alone as this record and reading goes on at line {first + 1}")))
+                continue
+            pos += 1
+            if pos >= units.boundary:
+                yield from units.enter(pos, tell())
+                rows = units.rows
+            if units.cur_skipped:
+                continue
+            line_num = lines.line
+            if len(rec) != ncols:
+                rows.append((f"{uri}#{pos}", pos, None, MALFORMED,
+                             f"CSV record {pos} (line {line_num}): {len(rec)} fields, but the header has {ncols}"))
+                continue
+            if id_field is None:
+                rid = f"{uri}#{pos}"
+            else:
+                v = rec[ii] if ii is not None else None
+                if v and not v.isspace() and (v.isascii() or utf8_ok(v)):
+                    rid = v
+                else:
+                    where = f"CSV record {pos} (line {line_num}): "
+                    if v is None:
+                        rows.append((f"{uri}#{pos}", pos, None, MISSING, where + missing_id))
+                    elif not v or v.isspace():
+                        rows.append((f"{uri}#{pos}", pos, None, MISSING, f"{where}id field '{id_field}' is empty"))
+                    else:
+                        rows.append((f"{uri}#{pos}", pos, None, INVALID_UTF8, f"{where}id field '{id_field}' is not valid UTF-8"))
+                    continue
+            if ti is None:
+                rows.append((rid, pos, None, MISSING, f"CSV record {pos} (line {line_num}): {missing_text}"))
+                continue
+            t = rec[ti]
+            if t and not t.isspace() and "\x00" not in t and (t.isascii() or utf8_ok(t)):
+                rows.append((rid, pos, t, None, None))
+            else:
+                kind, msg = text_problem(t, text_field, f"CSV record {pos} (line {line_num}): ", surrogate_kind=INVALID_UTF8)
+                rows.append((rid, pos, None, kind, msg))
+        cursor.rows = pos + 1
     finally:
         cursor.pos = pos

@@ -1,8 +1,9 @@
 """JSON Lines: one JSON object per line; the position is the 0-based line number (blank
-lines take a position but make no row)."""
+lines take a position but make no row). Lines end with \\n, \\r\\n or a lone \\r."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable, Iterator, Optional
 
@@ -54,24 +55,33 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
     loads = json.loads
     missing = _MISSING
     pos = -1
+    n_rows = 0
     rows = units.rows
     try:
         skip_bom(stream)
-        for line in stream:
+        # Lines end with \n, \r\n or a lone \r: JSON never holds a raw \r inside a string, so
+        # splitting there is safe, and a file with classic Mac line ends reads as lines.
+        # Undecodable bytes become lone surrogates (surrogateescape), found per line below.
+        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline=""):
             pos += 1
             if pos >= units.boundary:
                 yield from units.enter(pos, tell())
                 rows = units.rows
-            if units.cur_skipped or line.isspace():
+            if line.isspace():
+                continue  # a blank line: a position, but not a record
+            n_rows += 1
+            if units.cur_skipped:
                 continue
+            if not (line.isascii() or utf8_ok(line)):
+                raw = line.encode("utf-8", "surrogateescape")
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    rows.append((_salvage_id(raw, id_field, loads) or f"{uri}#{pos}", pos, None, INVALID_UTF8,
+                                 f"line {pos + 1}: invalid UTF-8 at byte {e.start}: {e.reason}"))
+                    continue
             try:
-                s = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                rows.append((_salvage_id(line, id_field, loads) or f"{uri}#{pos}", pos, None, INVALID_UTF8,
-                             f"line {pos + 1}: invalid UTF-8 at byte {e.start}: {e.reason}"))
-                continue
-            try:
-                obj = loads(s)
+                obj = loads(line)
             except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
                 msg = getattr(e, "msg", None) or str(e) or type(e).__name__
                 col = getattr(e, "colno", None)
@@ -106,5 +116,6 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
             else:
                 kind, msg = text_problem(t, text_field, f"line {pos + 1}: ")
                 rows.append((rid, pos, None, kind, msg))
+        cursor.rows = n_rows
     finally:
         cursor.pos = pos

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.io.readhelp import assert_one_error, read_all, rows_of, source, write
+from pipeline.io.readers import unit_id
+from tests.io.readhelp import assert_one_error, check_tables, read_all, rows_of, source, write
 
 
 def test_csv_tsv_bom_and_big_field(tmp_path: Path) -> None:
@@ -62,3 +63,104 @@ def test_csv_header_only_and_empty(tmp_path: Path) -> None:
     for name, data in (("h.csv", b"id,text\n"), ("e.csv", b"")):
         src, cfg = source(write(tmp_path / name, data))
         assert read_all(src, cfg) == []
+
+
+# ------------------------------------------------------ malformed quoting: strict, then resynchronised
+#
+# Python's default csv reader takes a stray quote as the start of a quoted field and swallows
+# the following lines into it without an error. Every physical line that is not part of a
+# valid quoted field must come back as a row or an error: rows + errors = records.
+
+HEADER = b"id,text,other\n"
+
+
+def _csv(tmp_path: Path, body: bytes, name: str = "q.csv") -> list[dict]:
+    src, cfg = source(write(tmp_path / name, HEADER + body), id_field="id")
+    tables = read_all(src, cfg, rpu=3)
+    check_tables(tables, src, rpu=3)
+    rows = rows_of(tables)
+    assert [r["position"] for r in rows] == list(range(len(rows)))
+    return rows
+
+
+def test_csv_stray_quote_does_not_swallow_the_next_lines(tmp_path: Path) -> None:
+    rows = _csv(tmp_path, b'1,good before,x\n2,"stray quote,x\n3,next row,y\n4,"quoted, fine",z\n5,last,w\n')
+    assert [(r["row_id"], r["text"], r["error_kind"]) for r in rows] == [
+        ("1", "good before", None),
+        (rows[1]["row_id"], None, "malformed_record"),
+        ("3", "next row", None),
+        ("4", "quoted, fine", None),
+        ("5", "last", None),
+    ]
+    msg = rows[1]["error_message"]
+    assert "CSV record 1 (line 3)" in msg and "quote" in msg, msg
+
+
+def test_csv_unclosed_quote_to_the_end_of_the_file(tmp_path: Path) -> None:
+    rows = _csv(tmp_path, b'1,a,x\n2,"never closed,x\n3,b,y\n4,c,z\n')
+    assert [(r["text"], r["error_kind"]) for r in rows] == [("a", None), (None, "malformed_record"), ("b", None), ("c", None)]
+
+
+def test_csv_text_after_a_closing_quote_is_malformed(tmp_path: Path) -> None:
+    rows = _csv(tmp_path, b'1,"ab"c,x\n2,fine,y\n')
+    assert [(r["text"], r["error_kind"]) for r in rows] == [(None, "malformed_record"), ("fine", None)]
+
+
+def test_csv_multiline_quoted_field_stays_one_record(tmp_path: Path) -> None:
+    """A quoted field over several lines is valid CSV: it must stay one record, also after a
+    bad record has made the reader resynchronise."""
+    body = b'1,"two\nlines",x\n2,"bad"quote,y\n3,"three\nmore\nlines",z\n4,"stray,w\n5,end,v\n'
+    rows = _csv(tmp_path, body)
+    assert [(r["text"], r["error_kind"]) for r in rows] == [
+        ("two\nlines", None),
+        (None, "malformed_record"),
+        ("three\nmore\nlines", None),
+        (None, "malformed_record"),
+        ("end", None),
+    ]
+
+
+def test_csv_rows_plus_errors_equal_records_with_skipped_units(tmp_path: Path) -> None:
+    """Resynchronising gives the same positions whether units are skipped or not."""
+    lines = []
+    for i in range(40):
+        if i % 7 == 3:
+            lines.append(f'{i},"stray {i},x')
+        elif i % 11 == 5:
+            lines.append(f'{i},"ok"bad,x')
+        else:
+            lines.append(f"{i},text {i},x")
+    path = write(tmp_path / "many.csv", HEADER + ("\n".join(lines) + "\n").encode())
+    src, cfg = source(path, id_field="id")
+    rows = rows_of(read_all(src, cfg, rpu=10))
+    assert len(rows) == 40
+    bad = {i for i in range(40) if i % 7 == 3 or i % 11 == 5}
+    assert {r["position"] for r in rows if r["error_kind"] == "malformed_record"} == bad
+    assert [r["text"] for r in rows if r["error_kind"] is None] == [f"text {i}" for i in range(40) if i not in bad]
+    skip = {unit_id(src, 10, 10), unit_id(src, 30, 10)}
+    resumed = rows_of(read_all(src, cfg, rpu=10, skip=skip))
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("bytes_read", "file_rows")} for r in rs]  # noqa: E731
+    assert strip(resumed) == strip([r for r in rows if r["position"] // 10 in (0, 2)])
+
+
+# ------------------------------------------------------------------------ delimiters and line ends
+
+
+def test_tsv_is_tab_separated_by_extension(tmp_path: Path) -> None:
+    data = b"id\ttext\n1\ta, b and c\n2\tsecond\n"
+    for name, compression in (("a.tsv", "none"), ("b.tsv.gz", "gzip")):
+        src, cfg = source(write(tmp_path / name, data, compression), id_field="id")
+        rows = rows_of(read_all(src, cfg))
+        assert [(r["row_id"], r["text"]) for r in rows] == [("1", "a, b and c"), ("2", "second")], name
+    # an explicit delimiter wins over the extension
+    src, cfg = source(write(tmp_path / "c.tsv", b"id,text\n1,x\ty\n"), id_field="id", csv_delimiter=",")
+    assert [r["text"] for r in rows_of(read_all(src, cfg))] == ["x\ty"]
+    src, cfg = source(write(tmp_path / "d.csv", b"id;text\n1;z\n"), id_field="id", csv_delimiter=";")
+    assert [r["text"] for r in rows_of(read_all(src, cfg))] == ["z"]
+
+
+def test_csv_old_mac_and_windows_line_endings(tmp_path: Path) -> None:
+    for name, eol in (("mac.csv", b"\r"), ("win.csv", b"\r\n")):
+        src, cfg = source(write(tmp_path / name, eol.join([b"id,text", b"1,a", b'2,"b' + eol + b'c"', b"3,d"]) + eol), id_field="id")
+        rows = rows_of(read_all(src, cfg))
+        assert [(r["row_id"], r["text"]) for r in rows] == [("1", "a"), ("2", "b" + eol.decode() + "c"), ("3", "d")], name

@@ -105,3 +105,14 @@ def test_bad_rows_are_never_dropped(tmp_path: Path) -> None:
         None, "malformed_record", "invalid_utf8", "malformed_record", "empty_text", "missing_field", None,
     ]
     assert total_bytes(tables) == src.size
+
+
+def test_jsonl_crlf_and_lone_cr_line_ends(tmp_path: Path) -> None:
+    """JSON never holds a raw \\r inside a string, so a lone \\r ends a line like \\n and \\r\\n."""
+    path = write(tmp_path / "eol.jsonl", b'{"text": "a"}\r\n{"text": "b"}\r{"text": "c"}\r\n\r\n{"text": "e\\r\\n"}\r')
+    src, cfg = source(path)
+    tables = read_all(src, cfg, rpu=2)
+    check_tables(tables, src, rpu=2)
+    rows = rows_of(tables)
+    assert [(r["position"], r["text"]) for r in rows] == [(0, "a"), (1, "b"), (2, "c"), (4, "e\r\n")]
+    assert total_bytes(tables) == src.size
