@@ -40,6 +40,30 @@ class InputConfig(_Model):
         max_length=1,
         description="CSV field delimiter. Unset: a tab for .tsv files, a comma for the others.",
     )
+    # How remote inputs (http(s)://, s3://, gs://) are read and listed. They change no result,
+    # so they are left out of the result fingerprint.
+    connect_timeout_s: float = Field(
+        10, gt=0, description="Seconds to wait for a remote input's server to accept a connection."
+    )
+    read_timeout_s: float = Field(
+        60,
+        gt=0,
+        description="Seconds a remote read may wait for its next bytes; a stalled stream fails the attempt (then retried).",
+    )
+    read_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of a failed remote open, read or listing (timeouts, dropped connections, HTTP 5xx and 429, "
+        "S3 throttling) before the rows left become a read_error; the count restarts whenever bytes arrive. "
+        "A read resumes at its byte offset (HTTP Range) where the server allows, else restarts and skips.",
+    )
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="Wait before the first retry; doubled for each further one (with jitter)."
+    )
+    retry_backoff_max_s: float = Field(30.0, ge=0, description="Longest wait between two retries.")
+
+
+TRANSPORT_FIELDS = ("connect_timeout_s", "read_timeout_s", "read_retries", "retry_backoff_s", "retry_backoff_max_s")
 
 
 class OutputConfig(_Model):
@@ -176,7 +200,7 @@ class JobSpec(_Model):
         """
         engine = {"dtype", "seed", "tensor_parallel_size"} | ({"max_model_len", "context_policy"} if admission else set())
         relevant = {
-            "input": self.input.model_dump(exclude={"paths"}),
+            "input": self.input.model_dump(exclude={"paths", *TRANSPORT_FIELDS}),
             "tasks": self.tasks.model_dump(),
             "model": model_id,
             "engine": self.engine.model_dump(include=engine),

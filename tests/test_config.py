@@ -93,3 +93,16 @@ def test_result_environment_names_versions_dtype_and_task_definitions(monkeypatc
     assert set(env["tasks"]) == {"sentiment"}
     monkeypatch.setattr(Sentiment, "default_system", "Another instruction: {labels}")
     assert result_environment(spec)["tasks"] != env["tasks"]  # a new default prompt is a new run
+
+
+def test_read_timeouts_and_retries_are_typed_and_change_no_result():
+    a = JobSpec.model_validate(BASE)
+    assert (a.input.read_timeout_s, a.input.read_retries, a.input.csv_delimiter) == (60, 5, None)
+    tuned = JobSpec.model_validate({**BASE, "input": {**BASE["input"], "read_timeout_s": 5, "read_retries": 0,
+                                                      "connect_timeout_s": 1, "retry_backoff_s": 0.1}})
+    assert tuned.result_fingerprint("m1") == a.result_fingerprint("m1")  # how bytes arrive changes no result
+    tsv = JobSpec.model_validate({**BASE, "input": {**BASE["input"], "csv_delimiter": "\t"}})
+    assert tsv.result_fingerprint("m1") != a.result_fingerprint("m1")
+    for bad in ({"read_timeout_s": 0}, {"read_retries": -1}, {"csv_delimiter": ",,"}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            JobSpec.model_validate({**BASE, "input": {**BASE["input"], **bad}})

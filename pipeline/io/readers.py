@@ -4,13 +4,48 @@
 row of `ROW_SCHEMA` (good rows carry `text`; bad rows carry `error_kind` and a readable
 `error_message` instead) and yields one Arrow table per commit unit. A unit is the set of
 rows whose `position // rows_per_unit` is equal; its id is `unit_id(...)`, stable across
-runs, so a resumed run passes the units it already committed and they are skipped.
+runs. The parts, one concept each:
 
-The parts, one concept each:
-    transport.py     the raw bytes of a file (local, s3://, gs://, http(s)://)
+    transport.py     the raw bytes of a file (local, s3://, gs://, http(s)://): timeouts,
+                     bounded retries with backoff, resume at a byte offset
     compression.py   gzip, bz2, zstd on top of them
     formats/         one module per record format: jsonl, csv, text, parquet
     units.py         rows into unit tables, ROW_SCHEMA, what is already committed
+
+The contract with the commit side (what a caller may rely on)
+-------------------------------------------------------------
+Rows. Every record of the file that is read becomes exactly one row, at its position (the
+0-based record number; for JSONL and text the line number, blank JSONL lines taking a
+position but making no row). `unit_rows` is the number of rows in the table yielded for the
+unit. A resumed run passes `committed` (a `CommittedState`: the fully committed units,
+and the committed [first, last] position ranges of partially committed ones). Fully
+committed units are not yielded; partially committed ones are yielded whole (the caller
+drops the committed rows, keeping `unit_rows`, which counts the unit's rows).
+
+Read errors. When the stream cannot be read from position p on (cannot be opened, breaks
+in the middle after the transport's retries, decompression fails), the reader yields the
+rows before p that it read, then ONE row with `error_kind = read_error` that stands for
+every row from there to the end of the file: `covers_to = -1` (COVERS_TO_END) and the
+message "rows from position q to the end of the file could not be read: <cause>". Its
+position q is the first position >= p that `committed` does not hold, so it is never hidden
+in a skipped unit or among rows the caller drops: on a resumed run, a file that became
+unreadable still produces its error. (q may lie past the file's real end when everything
+after p was committed; then the error covers no row, and the commit side knows it from the
+file's row count, below.) `covers_to` is null on every other row, error or not: such a row
+stands for itself only. A unit holding a committed read_error row is not complete: the
+commit side must not pass it as fully committed (only the ranges before the error row), so
+that the next attempt reads on from there and the old error record is replaced.
+
+Row count. When the file was read to its end without a read error, every row of the LAST
+table yielded for the file carries `file_rows`: the number of rows the whole file holds
+(records; blank JSONL lines do not count), committed before or not; null on all other rows.
+The commit side records it with the part that commits such a row, so a run can prove that
+every row of every file is covered (committed rows of the file == file_rows, by position).
+If nothing is yielded, either the file holds no record (nothing committed, no error), or
+every unit was committed before: then the count was recorded when the table that carried it
+was first committed (the last table of a complete read always carries it, whatever was
+skipped), or, if that never happened (earlier reads all failed), the file must be read again
+without `committed` to learn it.
 """
 
 from __future__ import annotations
@@ -26,9 +61,9 @@ from pipeline.io.compression import decompressed
 from pipeline.io.formats import Cursor, reader_for
 from pipeline.io.formats.fields import READ_ERROR, clean, describe
 from pipeline.io.sources import SourceFile
-from pipeline.io.units import ROW_SCHEMA, CommittedState, UnitBuilder, unit_id
+from pipeline.io.units import COVERS_TO_END, ROW_SCHEMA, CommittedState, UnitBuilder, unit_id
 
-__all__ = ["ROW_SCHEMA", "ERROR_KINDS", "CommittedState", "unit_id", "read_units"]
+__all__ = ["ROW_SCHEMA", "COVERS_TO_END", "ERROR_KINDS", "CommittedState", "unit_id", "read_units"]
 
 # The error kinds a reader produces (the values of pipeline.errors.INPUT_KINDS).
 ERROR_KINDS = frozenset(k.value for k in INPUT_KINDS)
@@ -43,8 +78,8 @@ def read_units(
     """Stream one file; yield one ROW_SCHEMA table per commit unit that is not fully committed.
 
     `committed` is a `CommittedState`, or (the older form) the ids of fully committed units.
-    Never raises for bad records or a broken stream: those become error rows
-    (a broken stream ends the file with one `read_error` row at the next position).
+    Never raises for bad records or a broken stream: those become error rows (see the module
+    docstring for the read_error row and the file's row count).
     """
     if rows_per_unit < 1:
         raise ValueError("rows_per_unit must be >= 1")
@@ -53,9 +88,9 @@ def read_units(
     units = UnitBuilder(src, rows_per_unit, committed)
     cursor = Cursor(total=src.size)
     try:
-        raw = transport.open_raw(src.uri)
+        raw = transport.open_raw(src.uri, transport.RetryPolicy.of(cfg))
     except Exception as exc:
-        yield from _read_error(units, src, 0, f"cannot open {src.uri}: {describe(exc)}", max(src.size, 0), 0)
+        yield from _read_error(units, 0, f"cannot open {_cause(exc, src)}", max(src.size, 0), 0)
         return
 
     high = [0]
@@ -73,23 +108,20 @@ def read_units(
             read, needs_random_access = reader_for(src.format)
             if not needs_random_access:
                 stream = decompressed(raw, src.compression)
-            elif not src.compression and transport.random_access(raw, src.uri):
-                stream = raw
-            else:  # a compressed file, or an HTTP server ignoring range requests: a local copy
-                if not src.compression:
-                    raw.close()
-                    raw = transport.open_raw(src.uri)
-                stream = spooled = transport.spool(decompressed(raw, src.compression))
-                if src.size < 0:
-                    cursor.total = tell()
+            else:
+                stream = None if src.compression else transport.random_access_view(raw)
+                if stream is None:  # compressed, or a server ignoring range requests: a local copy
+                    stream = spooled = transport.spool(decompressed(raw, src.compression))
+                    if src.size < 0:
+                        cursor.total = tell()
             yield from read(stream, src, cfg, units, tell, cursor)
         except Exception as exc:
-            pos = cursor.pos + 1
-            where = f"after position {pos - 1}" if pos > 0 else "at the start"
-            at = cursor.offset(pos) if cursor.offset else tell()
-            yield from _read_error(units, src, pos, f"read failed {where}: {describe(exc)}", _total(cursor, tell), at)
+            p = cursor.pos + 1
+            where = f"after position {p - 1}" if p > 0 else "at the start"
+            at = cursor.offset(p) if cursor.offset else tell()
+            yield from _read_error(units, p, f"the read failed {where}: {_cause(exc, src)}", _total(cursor, tell), at)
             return
-        yield from units.finish(_total(cursor, tell))
+        yield from units.finish(_total(cursor, tell), file_rows=cursor.rows)
     finally:
         for f in (spooled, raw):
             try:
@@ -99,14 +131,22 @@ def read_units(
                 pass
 
 
+def _cause(exc: BaseException, src: SourceFile) -> str:
+    if isinstance(exc, transport.ReadFailed):
+        return clean(str(exc))  # says which file, what failed and how often it was tried
+    return f"{src.uri}: {describe(exc)}"
+
+
 def _total(cursor: Cursor, tell: Callable[[], int]) -> int:
     return cursor.total if cursor.total >= 0 else tell()  # unknown size: what was consumed
 
 
-def _read_error(units: UnitBuilder, src: SourceFile, position: int, message: str, total: int, offset: int) -> Iterator[pa.Table]:
-    if position >= units.boundary:
-        yield from units.enter(position, offset)
-    if not units.cur_skipped:
-        units.rows.append((f"{src.uri}#{position}", position, None, READ_ERROR, clean(message)))
+def _read_error(units: UnitBuilder, position: int, cause: str, total: int, offset: int) -> Iterator[pa.Table]:
+    """The rows from `position` on cannot be read: one read_error row stands for them, at the
+    first position not committed yet (so that no skipped unit or dropped range hides it)."""
+    q = units.committed.first_uncommitted(position, units.rpu)
+    if q >= units.boundary:
+        yield from units.enter(q, offset)
+    message = f"rows from position {q} to the end of the file could not be read: {cause}"
+    units.rows.append((f"{units.src.uri}#{q}", q, None, READ_ERROR, clean(message)))
     yield from units.finish(total)
-

@@ -14,9 +14,7 @@ import glob as _glob
 import hashlib
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -230,16 +228,21 @@ def _split_bucket(uri: str) -> tuple[str, str]:
 class _S3:
     scheme = "s3"
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: InputConfig) -> None:
         self._client: Any = None
+        self._cfg = cfg
 
     @property
     def client(self) -> Any:
         if self._client is None:
             import boto3
 
-            # a fresh session reads AWS_ENDPOINT_URL, credentials, profile... from the environment now
-            self._client = boto3.session.Session().client("s3")
+            from pipeline.io.transport import RetryPolicy
+
+            # a fresh session reads AWS_ENDPOINT_URL, credentials, profile... from the environment
+            # now; timeouts and retries (botocore's standard mode) come from input.*
+            config = RetryPolicy.of(self._cfg).botocore_config(retries=True)
+            self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
     def _error(self, uri: str, exc: Exception) -> InputError:
@@ -355,17 +358,29 @@ def _list_object_store(uri: str, store: _S3, cfg: InputConfig) -> list[SourceFil
 # ------------------------------------------------------------------------- HTTP
 
 
-def _list_http(url: str, cfg: InputConfig, timeout: float = 15.0) -> list[SourceFile]:
+def _list_http(url: str, cfg: InputConfig) -> list[SourceFile]:
+    import requests
+
+    from pipeline.io.transport import RetryPolicy
+
+    policy = RetryPolicy.of(cfg)
+
+    def head() -> requests.Response:
+        r = requests.head(url, headers={"Accept-Encoding": "identity"}, allow_redirects=True,
+                          timeout=(policy.connect_timeout_s, policy.read_timeout_s))
+        r.raise_for_status()
+        return r
+
     size, tag = -1, ""
     try:
-        req = urllib.request.Request(url, method="HEAD", headers={"Accept-Encoding": "identity"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (user-given URL)
-            length = resp.headers.get("Content-Length")
-            size = int(length) if length and length.isdigit() else -1
-            tag = (resp.headers.get("ETag") or resp.headers.get("Last-Modified") or "").strip()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            raise InputError(f"{url}: the server answered {exc.code} {exc.reason}; check the URL") from exc
+        resp = policy.call(head, f"HEAD {url}")
+        length = resp.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else -1
+        tag = (resp.headers.get("ETag") or resp.headers.get("Last-Modified") or "").strip()
+    except requests.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else None
+        if code in (404, 410):
+            raise InputError(f"{url}: the server answered {code} {exc.response.reason}; check the URL") from exc
         # 405 and friends: HEAD not allowed; the read itself will tell.
     except (OSError, ValueError):
         pass  # unreachable for HEAD now: reading it later reports a read_error row
@@ -382,8 +397,8 @@ def list_sources(cfg: InputConfig) -> list[SourceFile]:
     extension, or a scheme is unsupported.
     """
     found: dict[str, SourceFile] = {}
-    s3 = _S3()
-    gcs = _GCS()
+    s3 = _S3(cfg)
+    gcs = _GCS(cfg)
     for raw in cfg.paths:
         p = raw.strip()
         if not p:

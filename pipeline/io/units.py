@@ -30,6 +30,12 @@ ROW_SCHEMA = pa.schema(
         pa.field("error_kind", pa.string(), nullable=True),
         pa.field("error_message", pa.string(), nullable=True),
         pa.field("bytes_read", pa.int64()),
+        # A read_error row stands for every row from its position on: COVERS_TO_END (-1).
+        # Null on every other row (it stands for itself only).
+        pa.field("covers_to", pa.int64(), nullable=True),
+        # Rows (records) in the whole file: set on every row of the last table yielded for a
+        # file that was read to its end without a read error; null elsewhere.
+        pa.field("file_rows", pa.int64(), nullable=True),
     ]
 )
 
@@ -174,6 +180,10 @@ class UnitBuilder:
         uid = f"{self.src.key}-{unit:08d}"
         byte_col = [0] * n
         byte_col[0] = nbytes
+        if _READ_ERROR in kinds:
+            covers = pa.array([COVERS_TO_END if k == _READ_ERROR else None for k in kinds], pa.int64())
+        else:
+            covers = pa.nulls(n, pa.int64())
         return pa.Table.from_arrays(
             [
                 pa.array(rids, pa.string()),
@@ -185,6 +195,8 @@ class UnitBuilder:
                 pa.array(kinds, pa.string()),
                 pa.array(messages, pa.string()),
                 pa.array(byte_col, pa.int64()),
+                covers,
+                pa.nulls(n, pa.int64()) if file_rows is None else pa.array([file_rows] * n, pa.int64()),
             ],
             schema=ROW_SCHEMA,
         )

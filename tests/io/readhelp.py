@@ -80,6 +80,8 @@ def check_tables(tables: list[pa.Table], src: SourceFile, rpu: int = RPU) -> Non
                 assert r["text"] is None
                 assert r["error_kind"] in ERROR_KINDS
                 assert r["error_message"]
+            # a read_error row stands for the rest of the file; every other row for itself
+            assert r["covers_to"] == (-1 if r["error_kind"] == "read_error" else None)
 
 
 def total_bytes(tables: list[pa.Table]) -> int:

@@ -308,7 +308,7 @@ def test_http_unreachable_falls_back(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/data.jsonl"
-    cfg = InputConfig(paths=[url])
+    cfg = InputConfig(paths=[url], retry_backoff_s=0.01, retry_backoff_max_s=0.01)  # refused: retried, quickly here
     (src,) = list_sources(cfg)  # HEAD failed: listed anyway, size unknown
     assert src.size == -1 and src.fingerprint == "size:-1:etag-or-last-modified:"
     rows, _ = read_rows(src, cfg)

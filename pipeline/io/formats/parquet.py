@@ -123,5 +123,6 @@ def read(raw: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: 
                     else:
                         kind, msg = text_problem(t, text_field, f"row {pos}: ")
                         rows.append((rid, pos, None, kind, msg))
+        cursor.rows = n_total
     finally:
         cursor.pos = pos
