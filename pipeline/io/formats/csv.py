@@ -15,6 +15,7 @@ The delimiter is `input.csv_delimiter`, or by extension: a tab for .tsv, a comma
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 from typing import Any, Callable, Iterator
@@ -42,36 +43,35 @@ def delimiter_for(src: SourceFile, cfg: InputConfig) -> str:
 
 
 class _Lines:
-    """The physical lines of a text stream, fed to csv.reader one at a time.
+    """The physical lines of a text stream, fed to csv.reader one at a time (`feed`).
 
-    Keeps the lines of the record being parsed, so that after a bad record all of them but
-    its first can be fed again (`resync`).
+    Keeps the lines of the record being parsed (`taken`), so that after a bad record all of
+    them but its first can be fed again: `resync` returns a new feed for a new csv.reader
+    (the old one may have met the end of the stream).
     """
 
     def __init__(self, text: Any) -> None:
-        self._next = iter(text).__next__
-        self.pending: list[str] = []  # lines to feed again, last one first
+        self._src = iter(text)
+        self._pending: collections.deque[str] = collections.deque()  # lines to feed again first
         self.taken: list[str] = []  # lines of the current record
-        self.line = 0  # physical lines consumed: the number of the last one
 
-    def __iter__(self) -> "_Lines":
-        return self
+    def feed(self) -> Iterator[str]:
+        # A generator rather than a __next__ method: resuming it costs less per line.
+        taken, pending = self.taken, self._pending
+        while pending:
+            line = pending.popleft()
+            taken.append(line)
+            yield line
+        for line in self._src:
+            taken.append(line)
+            yield line
 
-    def __next__(self) -> str:
-        line = self.pending.pop() if self.pending else self._next()
-        self.taken.append(line)
-        self.line += 1
-        return line
-
-    def first_line(self) -> int:
-        return self.line - len(self.taken) + 1
-
-    def resync(self) -> None:
-        """Keep only the first line of the current record; the others are read again."""
-        rest = self.taken[1:]
-        self.pending.extend(reversed(rest))
-        self.line -= len(rest)
+    def resync(self) -> Iterator[str]:
+        """Keep only the first line of the current record; the others are fed again first
+        (before any lines still pending from an earlier resync)."""
+        self._pending.extendleft(reversed(self.taken[1:]))
         del self.taken[1:]
+        return self.feed()
 
 
 def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: Callable[[], int],
@@ -83,7 +83,10 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
     id_field = cfg.id_field
     lines = _Lines(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=""))
     taken = lines.taken
-    reader = csv.reader(lines, delimiter=delimiter_for(src, cfg), strict=True)
+    new_record = taken.clear
+    base = 0  # physical lines before the current record
+    delimiter = delimiter_for(src, cfg)
+    reader = csv.reader(lines.feed(), delimiter=delimiter, strict=True)
     pos = -1
     try:
         try:
@@ -101,7 +104,8 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
         missing_id = f"id column '{id_field}' missing; columns present: {present}"
         rows = units.rows
         while True:
-            taken.clear()
+            base += len(taken)
+            new_record()
             try:
                 rec = next(reader)
                 bad = None
@@ -115,9 +119,9 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
                 bad = f"{e}"
             if bad is not None:
                 # A quote that opens a field and never closes right: its first line is the bad record.
-                first, last = lines.first_line(), lines.line
+                first, last = base + 1, base + len(taken)
                 over = f"; a quoted field ran over lines {first}-{last}" if last > first else ""
-                lines.resync()
+                reader = csv.reader(lines.resync(), delimiter=delimiter, strict=True)
                 pos += 1
                 if pos >= units.boundary:
                     yield from units.enter(pos, tell())
@@ -133,7 +137,7 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
                 rows = units.rows
             if units.cur_skipped:
                 continue
-            line_num = lines.line
+            line_num = base + len(taken)
             if len(rec) != ncols:
                 rows.append((f"{uri}#{pos}", pos, None, MALFORMED,
                              f"CSV record {pos} (line {line_num}): {len(rec)} fields, but the header has {ncols}"))

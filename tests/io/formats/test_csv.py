@@ -164,3 +164,12 @@ def test_csv_old_mac_and_windows_line_endings(tmp_path: Path) -> None:
         src, cfg = source(write(tmp_path / name, eol.join([b"id,text", b"1,a", b'2,"b' + eol + b'c"', b"3,d"]) + eol), id_field="id")
         rows = rows_of(read_all(src, cfg))
         assert [(r["row_id"], r["text"]) for r in rows] == [("1", "a"), ("2", "b" + eol.decode() + "c"), ("3", "d")], name
+
+
+def test_csv_bad_record_among_lines_fed_again(tmp_path: Path) -> None:
+    """Line 2 is fine inside the stray quote's field ("" is an escaped quote) but bad on its
+    own: the lines after it, already taken once, must still be read."""
+    rows = _csv(tmp_path, b'1,"stray,a\n2,""x,b\n3,ok,c\n4,"q"bad,d\n5,end,e\n')
+    assert [(r["text"], r["error_kind"]) for r in rows] == [
+        (None, "malformed_record"), (None, "malformed_record"), ("ok", None), (None, "malformed_record"), ("end", None),
+    ]
