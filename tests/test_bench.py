@@ -64,3 +64,13 @@ def test_checks_report_each_target_with_its_figure():
 def test_a_failed_system_has_no_ratio():
     assert ratios({"ours": _r(1, 1, 1), "vllm": {"failed": True}}) == {}
     assert ratios({"ours": {"failed": True}, "vllm": _r(1, 1, 1)}) == {}
+
+
+def test_reader_benchmark_reads_every_row(tmp_path):
+    """`python -m bench.readers` measures what it claims: every row of every file, no errors.
+    (The speed itself is a printed figure, not an assert: see bench/readers.py.)"""
+    from bench.readers import COMPRESSIONS, FORMATS, measure
+
+    figures = measure(tmp_path, rows=500, repeat=1)
+    assert [(f["format"], f["compression"]) for f in figures] == [(f, c) for f in FORMATS for c in COMPRESSIONS]
+    assert all(f["rows"] == 500 and f["error_rows"] == 0 and f["rows_per_second"] > 0 for f in figures)

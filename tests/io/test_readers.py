@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -70,18 +69,6 @@ def test_read_is_streaming(tmp_path: Path) -> None:
     assert first.num_rows == 100
     assert 0 < first.column("bytes_read")[0].as_py() < src.size / 2
     it.close()
-
-
-def test_speed_short_jsonl_lines(tmp_path: Path) -> None:
-    n = 100_000
-    data = "".join(f'{{"id": {i}, "text": "a short line of text {i}"}}\n' for i in range(n))
-    path = write(tmp_path / "speed.jsonl", data.encode())
-    src, cfg = source(path, id_field="id")
-    t0 = time.perf_counter()
-    count = sum(t.num_rows for t in read_units(src, cfg, 1000))
-    rate = count / (time.perf_counter() - t0)
-    assert count == n
-    assert rate > 30_000, f"{rate:.0f} rows/s"  # target is > 50k rows/s on one core; loose for busy machines
 
 
 def test_unopenable_file_gives_one_read_error_row(tmp_path: Path) -> None:
