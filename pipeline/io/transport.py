@@ -149,7 +149,8 @@ def _transient_types() -> tuple[type, ...]:
 
 def retriable(exc: BaseException) -> bool:
     """Whether waiting and trying again can help."""
-    if isinstance(exc, (FileChanged, ReadFailed, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(exc, (FileChanged, ReadFailed, FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, io.UnsupportedOperation)):
         return False
     if _s3_code(exc) in _S3_RETRY_CODES:
         return True
@@ -229,6 +230,9 @@ class RetryingReader(io.RawIOBase):
 
     def close(self) -> None:
         self._close_body()
+        closer = getattr(self._opener, "close", None)
+        if closer is not None:
+            closer()
         super().close()
 
     def random_access(self) -> bool:
@@ -344,6 +348,9 @@ class _HTTPOpener:
         except BaseException:
             body.close()
             raise
+
+    def close(self) -> None:
+        self.session.close()
 
     def ranges_supported(self) -> bool:
         if self._ranges is None:
