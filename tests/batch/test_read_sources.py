@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.batch.runner import read_sources
+from pipeline.batch.execution import read_sources
 from pipeline.config import InputConfig
 from pipeline.io.readers import unit_id
 from pipeline.io.sources import list_sources
