@@ -18,11 +18,7 @@ from pipeline.io.sources import SourceFile, list_sources
 
 
 COMPRESSIONS = {"none": "", "gzip": ".gz", "bz2": ".bz2", "zstd": ".zst"}
-
-
 N_ROWS = 25
-
-
 RPU = 10
 
 
