@@ -5,6 +5,9 @@
     pipeline runs OUT                                  # the ledger of runs of an output
     pipeline models pull                               # prepare the default model once
     pipeline validate jobs/sample.yaml                 # check a spec, start nothing
+    pipeline submit jobs/x.yaml --address http://HEAD:8265 --wait   # a job on a Ray cluster
+    pipeline status|logs|stop JOB_ID                   # watch or stop it
+    pipeline schedule jobs/x.yaml --format crontab     # a crontab line, systemd units or a CronJob
 
 Heavy imports (ray, vllm, torch) happen inside the commands, so --help is instant.
 """
@@ -224,6 +227,163 @@ def cmd_models(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+# -- jobs on a cluster, schedules (pipeline/ops) -----------------------------------------
+def _ops(fn):
+    """Run an ops command: a PipelineError becomes one line on stderr and its exit status."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from pipeline.errors import PipelineError
+
+        try:
+            return int(fn(args))
+        except PipelineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return int(e.exit_status)
+        except KeyboardInterrupt:
+            print("interrupted; a submitted job goes on (`pipeline stop JOB` stops it)", file=sys.stderr)
+            return 130
+
+    return wrapped
+
+
+def _job_end(client: Any, info: Any) -> int:
+    from pipeline.ops import submit as ops
+
+    status = ops.exit_status(info)
+    if status == 0:
+        print(f"{info.submission_id}: {info.status}")
+    else:
+        why = ops.last_error_line(client, info.submission_id) or info.message or ""
+        print(f"error: job {info.submission_id} {info.status}: {why} (pipeline logs {info.submission_id})",
+              file=sys.stderr)
+    return status
+
+
+@_ops
+def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.ops import package
+    from pipeline.ops import submit as ops
+
+    checkout = package.find_checkout(Path(args.working_dir).resolve() if args.working_dir else None)
+    with tempfile.TemporaryDirectory(prefix="pipeline-submit-") as scratch:
+        pkg = package.build_package(args.spec, checkout, incremental=args.incremental, scratch=Path(scratch))
+        client = ops.connect(args.address)
+        sub = ops.submit(client, pkg)
+    print(sub.job_id, flush=True)
+    if sub.previous:
+        what = ("it finds the published output up to date, or computes only what changed"
+                if sub.previous.endswith("SUCCEEDED") else "the run resumes from its committed parts")
+        print(f"attempt {sub.attempt} (before it: {sub.previous}): {what}", file=sys.stderr)
+    if args.follow:
+        ops.follow_logs(client, sub.job_id)
+    if args.wait or args.follow:
+        return _job_end(client, ops.wait(client, sub.job_id))
+    return 0
+
+
+@_ops
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.ops import submit as ops
+
+    client = ops.connect(args.address)
+    info = ops.wait(client, args.job_id) if args.wait else ops.job_info(client, args.job_id)
+    print(ops.describe(info))
+    return ops.exit_status(info) if args.wait else 0
+
+
+@_ops
+def cmd_logs(args: argparse.Namespace) -> int:
+    from pipeline.ops import submit as ops
+
+    client = ops.connect(args.address)
+    if args.follow:
+        ops.follow_logs(client, args.job_id)
+    else:
+        ops.job_info(client, args.job_id)
+        sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+@_ops
+def cmd_stop(args: argparse.Namespace) -> int:
+    from pipeline.ops import submit as ops
+
+    client = ops.connect(args.address)
+    info = ops.stop(client, args.job_id, timeout=args.timeout)
+    print(f"{info.submission_id}: {info.status}")
+    return 0
+
+
+@_ops
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.ops import schedule
+
+    job = schedule.load(args.spec, lock_dir=args.lock_dir, log_dir=args.log_dir)
+    files = schedule.render(job, args.format, address=args.address, image=args.image)
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+            print(out / name)
+        return 0
+    for name, text in files.items():
+        if len(files) > 1:
+            print(f"# ---- {name} ----")
+        sys.stdout.write(text)
+    return 0
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS "
+                   "or RAY_ADDRESS). A token-protected cluster's token comes from RAY_AUTH_TOKEN, "
+                   "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+
+
+def _add_ops_commands(sub: Any) -> None:
+    p = sub.add_parser("submit", help="submit a job spec to a Ray cluster (Jobs API); prints the job id")
+    p.add_argument("spec", help="job spec (YAML); relative paths travel with the project (see README)")
+    _add_address(p)
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; exit status as `pipeline run`")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends (implies --wait)")
+    p.add_argument("--incremental", action="store_true", help="only input files no earlier run committed")
+    p.add_argument("--working-dir", metavar="DIR", help="project folder to upload (default: this checkout)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="status of a submitted job")
+    p.add_argument("job_id")
+    _add_address(p)
+    p.add_argument("--wait", action="store_true", help="wait until it ends; exit status as the job's")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="logs of a submitted job")
+    p.add_argument("job_id")
+    _add_address(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming until the job ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a submitted job (a later submit of the same spec resumes it)")
+    p.add_argument("job_id")
+    _add_address(p)
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for it to stop")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("schedule", help="render a spec's schedule for crontab, systemd or Kubernetes")
+    p.add_argument("spec", help="job spec with a `schedule:` (cron syntax)")
+    p.add_argument("--format", choices=["crontab", "systemd", "kubernetes"], default="crontab")
+    p.add_argument("--write", metavar="DIR", help="write the file(s) into DIR instead of printing them")
+    p.add_argument("--lock-dir", metavar="DIR", help="lock files (default ~/.cache/pipeline/locks)")
+    p.add_argument("--log-dir", metavar="DIR", help="crontab: log files (default ~/.cache/pipeline/logs)")
+    p.add_argument("--address", help="kubernetes: the RayCluster's dashboard URL as pods see it")
+    p.add_argument("--image", help="kubernetes: an image with this project installed at /app")
+    p.set_defaults(func=cmd_schedule)
+
+
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="job spec (YAML); flags below override its fields")
     p.add_argument("--input", nargs="+", metavar="PATH", help="files, folders, globs, s3:// or http(s):// URIs")
@@ -284,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["pull", "path"])
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.set_defaults(func=cmd_models)
+
+    _add_ops_commands(sub)
     return parser
 
 

@@ -177,6 +177,21 @@ class JobSpec(_Model):
     incremental: bool = Field(
         False, description="Process only input files that no earlier run committed (nightly runs over a growing folder)."
     )
+    schedule: Optional[str] = Field(
+        None,
+        description="When to run this job, in standard 5-field cron syntax ('0 2 * * *') or a macro (@daily, "
+        "@hourly, ...). Used only by `pipeline schedule`, which renders it for crontab, systemd or Kubernetes; "
+        "a scheduled run is always incremental. It does not change results (not part of the run id).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        from pipeline.ops.cron import check_cron
+
+        return check_cron(v)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "JobSpec":
