@@ -39,13 +39,15 @@ def cli(head, *args, timeout: float = 600, env_drop: tuple = ()) -> subprocess.C
 
 
 def job_spec(tmp_path, tiny_model, corpus, out, **extra):
+    # Four sequences at a time: the tiny model would otherwise finish 480 rows in about 3 s
+    # after its start-up, too fast to stop half way; like this it takes about 15 s.
     return write_spec(
         tmp_path / "nightly.yaml",
         input={"paths": [str(corpus)], "id_field": "id"},
         output={"path": str(out), "rows_per_unit": 40},
         tasks={"summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 32}}},
         model={"path": str(tiny_model)},
-        engine={"max_model_len": 512, "batch_rows": 16},
+        engine={"max_model_len": 512, "batch_rows": 4, "max_num_seqs": 4, "batches_in_flight": 1},
         **extra,
     )
 
@@ -63,7 +65,7 @@ def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, ti
     # A doubled submit while it runs starts nothing: one clear line, exit BUSY (3).
     twin = cli(head, "submit", str(spec), "--address", head.dashboard_url)
     assert twin.returncode == 3, twin.stderr
-    assert f"already submitted as {job1}: status" in twin.stderr
+    assert twin.stderr.strip().splitlines()[-1].startswith(f"error: already submitted as {job1}: status ")
     assert "Traceback" not in twin.stderr
 
     wait_for(lambda: committed_rows(out) > 0, 300, "the first part committed")
@@ -78,12 +80,14 @@ def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, ti
     logs = cli(head, "logs", job1, "--address", head.dashboard_url)
     assert logs.returncode == 0 and "rows" in logs.stdout  # the run's progress lines
 
-    # The resubmit is attempt 2 of the same job and resumes from the committed parts.
-    again = cli(head, "submit", str(spec), "--address", head.dashboard_url, "--wait")
+    # The resubmit is attempt 2 of the same job and resumes from the committed parts;
+    # --follow streams its log (the run's summary) and exits with its status.
+    again = cli(head, "submit", str(spec), "--address", head.dashboard_url, "--follow")
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
     job2 = again.stdout.split()[0]
     assert job2 == job1[:-1] + "2"
     assert f"{job1} STOPPED" in again.stderr and f"{job2}: SUCCEEDED" in again.stdout
+    assert "resumed:" in again.stdout  # the summary printed by `pipeline run` on the cluster
 
     got = read_dataset(str(out), "summarization")["row_id"].to_pylist()
     errors = read_dataset(str(out), "errors")["row_id"].to_pylist()
@@ -94,13 +98,25 @@ def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, ti
     print(f"\nstopped at {at_stop}/{len(ids)} rows committed; the resubmit computed {summary['rows_computed']}")
 
 
-def test_failed_job_gives_one_line_and_status_1(head, tmp_path):
+def test_twin_submits_at_once_start_one_job_and_a_failed_job_is_one_line(head, tmp_path):
+    """Two submits of one spec at the same moment: one job starts, the other submit says
+    which job it is (exit 3). The job fails fast (its model is missing on the cluster):
+    `--wait` exits 1 with the reason on one line."""
     write_jsonl_corpus(tmp_path / "corpus", {"a.jsonl": 3})
     spec = job_spec(tmp_path, tmp_path / "no-such-model", tmp_path / "corpus", tmp_path / "out")
-    p = cli(head, "submit", str(spec), "--address", head.dashboard_url, "--wait")
-    assert p.returncode == 1, p.stdout + p.stderr
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: job pipeline-nightly-") and "FAILED" in last and "does not exist" in last, last
+    env = head.client_env()
+    twins = [subprocess.Popen([sys.executable, "-m", "pipeline", "submit", str(spec), "--address", head.dashboard_url,
+                               "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=300), *p.communicate()) for p in twins)
+    (code1, out1, err1), (code3, out3, err3) = results
+    assert (code1, code3) == (1, 3), results
+    job = out1.split()[0]
+    busy = err3.strip().splitlines()[-1]
+    assert busy.startswith(f"error: already submitted as {job}: status "), err3
+    assert "Traceback" not in err1 + err3
+    last = err1.strip().splitlines()[-1]
+    assert last.startswith(f"error: job {job} FAILED") and "does not exist" in last, last
 
 
 def test_cli_errors_are_one_line(head, tmp_path):
