@@ -6,10 +6,12 @@ One head for the module; each test drives the CLI in a subprocess as a user woul
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,24 +40,55 @@ def cli(head, *args, timeout: float = 600, env_drop: tuple = ()) -> subprocess.C
                           timeout=timeout, env=env)
 
 
-def job_spec(tmp_path, tiny_model, corpus, out, **extra):
-    # Four sequences at a time: the tiny model would otherwise finish 480 rows in about 3 s
-    # after its start-up, too fast to stop half way; like this it takes about 15 s.
+def job_spec(tmp_path, tiny_model, inputs, out, **extra):
     return write_spec(
         tmp_path / "nightly.yaml",
-        input={"paths": [str(corpus)], "id_field": "id"},
+        input={"paths": [str(p) for p in inputs], "id_field": "id"},
         output={"path": str(out), "rows_per_unit": 40},
-        tasks={"summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 32}}},
+        tasks={"summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 24}}},
         model={"path": str(tiny_model)},
-        engine={"max_model_len": 512, "batch_rows": 4, "max_num_seqs": 4, "batches_in_flight": 1},
+        engine={"max_model_len": 512, "batch_rows": 16},
         **extra,
     )
 
 
-def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, tiny_model):
-    ids = write_jsonl_corpus(tmp_path / "corpus", {f"p{i}.jsonl": 80 for i in range(6)})
+class GatedFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves files, but holds every GET of a body until the test opens the gate (HEAD, which
+    the planner uses for fingerprints, answers at once): a job reading such a file cannot
+    finish, however fast the model is, so it is certainly stopped half way."""
+
+    gate = threading.Event()
+
+    def do_GET(self):
+        self.gate.wait(timeout=600)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gated_server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    GatedFiles.gate.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(GatedFiles, directory=str(root)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        GatedFiles.gate.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, tiny_model, gated_server):
+    ids = write_jsonl_corpus(tmp_path / "corpus", {f"p{i}.jsonl": 80 for i in range(3)})
+    served, url = gated_server
+    ids += write_jsonl_corpus(served, {"late.jsonl": 80}, start=len(ids))
     out = tmp_path / "out"
-    spec = job_spec(tmp_path, tiny_model, tmp_path / "corpus", out)
+    spec = job_spec(tmp_path, tiny_model, [tmp_path / "corpus", url + "late.jsonl"], out)
 
     first = cli(head, "submit", str(spec), "--address", head.dashboard_url)
     assert first.returncode == 0, first.stderr
@@ -68,20 +101,21 @@ def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, ti
     assert twin.stderr.strip().splitlines()[-1].startswith(f"error: already submitted as {job1}: status ")
     assert "Traceback" not in twin.stderr
 
-    wait_for(lambda: committed_rows(out) > 0, 300, "the first part committed")
+    # The local files get done; the served one waits at the gate, so the job is mid-run.
+    wait_for(lambda: committed_rows(out) >= 240, 300, "the local files' rows committed")
     status = cli(head, "status", job1, "--address", head.dashboard_url)
     assert status.returncode == 0 and f"{job1}: RUNNING" in status.stdout, status.stdout + status.stderr
-
     stopped = cli(head, "stop", job1, "--address", head.dashboard_url)
     assert stopped.returncode == 0 and f"{job1}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
     at_stop = committed_rows(out)
-    assert at_stop < len(ids), "the job finished before the stop: make the corpus bigger"
+    assert at_stop == 240
     assert not (out / "_manifest.json").exists()  # a stopped job publishes nothing
     logs = cli(head, "logs", job1, "--address", head.dashboard_url)
     assert logs.returncode == 0 and "rows" in logs.stdout  # the run's progress lines
 
     # The resubmit is attempt 2 of the same job and resumes from the committed parts;
     # --follow streams its log (the run's summary) and exits with its status.
+    GatedFiles.gate.set()
     again = cli(head, "submit", str(spec), "--address", head.dashboard_url, "--follow")
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
     job2 = again.stdout.split()[0]
@@ -94,8 +128,7 @@ def test_stopped_job_resubmitted_finishes_with_every_row_once(head, tmp_path, ti
     assert sorted(got + errors) == sorted(ids)  # exactly N unique rows: none lost, none twice
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == len(ids)
-    assert summary["rows_resumed"] >= at_stop > 0  # committed before the stop, not recomputed
-    print(f"\nstopped at {at_stop}/{len(ids)} rows committed; the resubmit computed {summary['rows_computed']}")
+    assert summary["rows_resumed"] == at_stop and summary["rows_computed"] == len(ids) - at_stop
 
 
 def test_twin_submits_at_once_start_one_job_and_a_failed_job_is_one_line(head, tmp_path):
@@ -103,7 +136,7 @@ def test_twin_submits_at_once_start_one_job_and_a_failed_job_is_one_line(head, t
     which job it is (exit 3). The job fails fast (its model is missing on the cluster):
     `--wait` exits 1 with the reason on one line."""
     write_jsonl_corpus(tmp_path / "corpus", {"a.jsonl": 3})
-    spec = job_spec(tmp_path, tmp_path / "no-such-model", tmp_path / "corpus", tmp_path / "out")
+    spec = job_spec(tmp_path, tmp_path / "no-such-model", [tmp_path / "corpus"], tmp_path / "out")
     env = head.client_env()
     twins = [subprocess.Popen([sys.executable, "-m", "pipeline", "submit", str(spec), "--address", head.dashboard_url,
                                "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
