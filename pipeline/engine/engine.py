@@ -147,6 +147,10 @@ class Engine:
         self.finished_requests = 0  # running count, for live progress
         self._ids = itertools.count()
         self._final: dict[int, Any] = {}  # id(params) -> (params, FINAL_ONLY copy)
+        # The request limit (engine.max_requests_in_flight), taken on the engine's loop by
+        # every request from every caller: a split document's hundred parts queue here in
+        # order with other rows' requests, instead of flooding vLLM's waiting queue.
+        self._slots: Optional[asyncio.Semaphore] = None
 
     # -- lifecycle ------------------------------------------------------------------
     def engine_kwargs(self, device: str) -> dict[str, Any]:
@@ -193,6 +197,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         logger.info("starting vLLM engine: %s on %s (%s)", self.model_path, self.device, self.dtype)
+        self._slots = asyncio.Semaphore(self.cfg.max_requests_in_flight or 2 * self.cfg.max_num_seqs)
         t0 = time.perf_counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
@@ -309,17 +314,18 @@ class Engine:
         from vllm.inputs import TokensPrompt
 
         rid = request_id or f"s{next(self._ids)}"
-        with self._tracked(), _dead_engine_as_error():
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
-                o = out.outputs[0]
-                yield StreamChunk(
-                    text=o.text,
-                    token_ids=tuple(o.token_ids),
-                    finish_reason=o.finish_reason if out.finished else None,
-                    prompt_tokens=len(out.prompt_token_ids or ()),
-                )
-            self.finished_requests += 1
-            self.last_progress = time.monotonic()
+        async with self._slots:
+            with self._tracked(), _dead_engine_as_error():
+                async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                    o = out.outputs[0]
+                    yield StreamChunk(
+                        text=o.text,
+                        token_ids=tuple(o.token_ids),
+                        finish_reason=o.finish_reason if out.finished else None,
+                        prompt_tokens=len(out.prompt_token_ids or ()),
+                    )
+                self.finished_requests += 1
+                self.last_progress = time.monotonic()
 
     # -- whole lists (any thread) --------------------------------------------------------
     def submit(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> "concurrent.futures.Future":
@@ -377,15 +383,16 @@ class Engine:
     async def _generate_one(self, prompt: list[int], params: Any, request_id: Optional[str] = None) -> Generation:
         from vllm.inputs import TokensPrompt
 
-        with self._tracked(), _dead_engine_as_error():
-            final = None
-            rid = request_id or f"r{next(self._ids)}"
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), self._final_only(params), rid):
-                final = out
-            if final is None:
-                raise EngineError(f"request {rid} ended without output")
-            self.finished_requests += 1
-            self.last_progress = time.monotonic()
+        async with self._slots:  # waiting here is not "in flight": the hang watchdog ignores it
+            with self._tracked(), _dead_engine_as_error():
+                final = None
+                rid = request_id or f"r{next(self._ids)}"
+                async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), self._final_only(params), rid):
+                    final = out
+                if final is None:
+                    raise EngineError(f"request {rid} ended without output")
+                self.finished_requests += 1
+                self.last_progress = time.monotonic()
         o = final.outputs[0]
         return Generation(
             completion=Completion(
