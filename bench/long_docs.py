@@ -1,8 +1,8 @@
 """Long documents: the measurements behind context policy 'split' (pipeline/tasks/execute.py).
 
     python -m bench.long_docs sentiment   # which policy for a long text's sentiment (SmolLM2, max_model_len 512)
-    python -m bench.long_docs mixed       # short rows' throughput with and without very long documents in the corpus
-    python -m bench.long_docs largest     # the largest document: its parts, requests and wall time
+    python -m bench.long_docs mixed       # short rows' throughput with and without very long documents (tiny model)
+    python -m bench.long_docs largest --contexts 200   # one document of 200 contexts through `pipeline run`
 
 Run each under the shared lock (`flock /tmp/pipeline-heavy.lock python -m bench.long_docs ...`):
 they start a vLLM engine. Figures print last; `--out FILE` also writes them as JSON.
@@ -97,6 +97,7 @@ async def _sentiment(args: argparse.Namespace) -> dict[str, Any]:
                 g = await ask_text(head_tail(text, h) if h else tok.decode(tok.encode(text, add_special_tokens=False)[-(room - 8):]))
                 out[name] = finish(task, g, True).columns["label"]
             plan = plan_parts(task, text, ctx)
+            assert not isinstance(plan, list), "a document fits one request: make the documents longer"
             gens = await asyncio.gather(*(engine.agenerate(p.ids, probe) for p in plan.parts))
             answers = [finish(task, g, False).columns for g in gens]
             weights = [float(p.part.tokens) for p in plan.parts]
@@ -146,6 +147,190 @@ def print_sentiment(res: dict[str, Any]) -> None:
         print(f"{name:48} {row['accuracy']:>8.3f}  {row['predicted']} ({row['answered']} answered)")
 
 
+# -- corpora and runs through the CLI ---------------------------------------------------------
+def xsum_text(min_tokens: int, tokenizer: Any) -> str:
+    """Real news text: XSum articles, one after another (from the start again if needed), as
+    paragraphs, until the document holds `min_tokens` tokens of the model's tokenizer."""
+    articles = [json.loads(line)["article"] for line in XSUM.open(encoding="utf-8")]
+    out, n, k = [], 0, 0
+    while n < min_tokens:
+        a = articles[k % len(articles)]
+        out.append(a)
+        n += len(tokenizer.encode(a, add_special_tokens=False)) + 1
+        k += 1
+    return "\n\n".join(out)
+
+
+def tiny_model(work: Path) -> str:
+    from pipeline.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(work / "tiny-llama"))
+
+
+def write_spec(path: Path, inputs: list[Path], out: Path, model: str, tasks: dict, engine: dict, rows_per_unit: int) -> Path:
+    import yaml
+
+    spec = {
+        "input": {"paths": [str(p) for p in inputs], "id_field": "id"},
+        "output": {"path": str(out), "rows_per_unit": rows_per_unit},
+        "tasks": tasks,
+        "model": {"path": model},
+        "engine": engine,
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_cli(spec: Path, out: Path, log: Path) -> dict[str, Any]:
+    """`pipeline run spec` in a subprocess; meanwhile, when each commit record appeared
+    (the rows of one unit of one source, committed). Returns the summary and those times."""
+    import threading
+
+    seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for rec in out.glob("_staging/*/_commits/*.json"):
+                if str(rec) not in seen:
+                    try:
+                        seen[str(rec)] = (time.time(), json.loads(rec.read_text()))
+                    except (OSError, ValueError):
+                        pass  # being written: next round
+            stop.wait(0.1)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t0 = time.time()
+    t.start()
+    with open(log, "w") as f:
+        code = subprocess.call([sys.executable, "-m", "pipeline", "run", str(spec)], stdout=f, stderr=subprocess.STDOUT)
+    stop.set()
+    t.join()
+    if code != 0:
+        raise SystemExit(f"pipeline run failed (exit {code}); see {log}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"started": t0, "summary": summary, "commits": sorted(seen.values(), key=lambda x: x[0])}
+
+
+# -- mixed ------------------------------------------------------------------------------------
+def _mixed(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="long-mixed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model if args.model_given else tiny_model(work)
+    tok = AutoTokenizer.from_pretrained(model)
+    short = work / "short.jsonl"
+    with short.open("w") as f:
+        for k in range(args.short):
+            f.write(json.dumps({"id": f"short-{k}", "text": f"Row {k}: the film was {'great' if k % 3 else 'slow'} and long."}) + "\n")
+    long_file = work / "long.jsonl"
+    long_tokens = args.contexts * args.max_model_len
+    with long_file.open("w") as f:
+        for k in range(args.long):
+            f.write(json.dumps({"id": f"long-{k}", "text": xsum_text(long_tokens, tok)}) + "\n")
+    tasks = {"translation": {"target_lang": "French", "sampling": {"max_tokens": args.max_tokens, "min_tokens": args.max_tokens}}}
+    engine = {"max_model_len": args.max_model_len, "batch_rows": args.batch_rows, "kv_cache_gib": 0.5,
+              "batches_in_flight": args.batches_in_flight}
+    runs = {}
+    for name, inputs in (("short only", [short]), ("short + long", [long_file, short])):
+        out = work / name.replace(" ", "").replace("+", "_")
+        shutil.rmtree(out, ignore_errors=True)
+        spec = write_spec(work / f"{out.name}.yaml", inputs, out, model, tasks, engine, args.rows_per_unit)
+        print(f"[long_docs] mixed: {name} ...", flush=True)
+        r = run_cli(spec, out, work / f"{out.name}.log")
+        s = r["summary"]
+        shorts = [(t, rec) for t, rec in r["commits"] if rec["source"].endswith("short.jsonl")]
+        longs = [(t, rec) for t, rec in r["commits"] if rec["source"].endswith("long.jsonl")]
+        ready = r["started"] + (s.get("startup_seconds") or 0.0)
+        t_last = max(t for t, _ in shorts)
+        runs[name] = {
+            "wall_seconds": s["wall_seconds"],
+            "startup_seconds": s.get("startup_seconds"),
+            "short_rows": sum(rec["rows"] for _, rec in shorts),
+            "short_done_after_startup_s": round(t_last - ready, 2),
+            "short_rows_per_s_after_startup": round(sum(rec["rows"] for _, rec in shorts) / max(t_last - ready, 1e-9), 2),
+            "long_docs": args.long if longs else 0,
+            "long_done_after_startup_s": round(max(t for t, _ in longs) - ready, 2) if longs else None,
+            "output_tokens": s["output_tokens"],
+            "output_tokens_per_s_after_startup": s.get("output_tokens_per_second_after_startup"),
+        }
+        if longs:
+            import pyarrow.dataset as pads
+
+            t = pads.dataset(str(out / "translation")).to_table(columns=["row_id", "parts"]).to_pylist()
+            runs[name]["long_doc_parts"] = sorted(x["parts"] for x in t if x["row_id"].startswith("long-"))
+    a, b = runs["short only"], runs["short + long"]
+    return {
+        "what": f"translation, {args.short} one-line rows, plus {args.long} documents of {args.contexts} x max_model_len "
+        f"{args.max_model_len} tokens; {args.max_tokens} output tokens per request; model {Path(model).name}; "
+        f"batch_rows {args.batch_rows}, batches_in_flight {args.batches_in_flight}",
+        "runs": runs,
+        "short_throughput_ratio": round(b["short_rows_per_s_after_startup"] / a["short_rows_per_s_after_startup"], 3),
+        "work": str(work),
+    }
+
+
+def print_mixed(res: dict[str, Any]) -> None:
+    print(res["what"])
+    print(f"{'run':14} {'wall s':>7} {'short rows':>10} {'short done s':>12} {'short rows/s':>12} {'long done s':>11} {'out tok/s':>9}")
+    for name, r in res["runs"].items():
+        print(f"{name:14} {r['wall_seconds']:>7.1f} {r['short_rows']:>10} {r['short_done_after_startup_s']:>12.1f} "
+              f"{r['short_rows_per_s_after_startup']:>12.1f} {str(r['long_done_after_startup_s'] or '-'):>11} "
+              f"{r['output_tokens_per_s_after_startup'] or 0:>9.0f}")
+    parts = res["runs"]["short + long"].get("long_doc_parts")
+    print(f"long documents' parts: {parts}")
+    print(f"short rows' throughput with the long documents / without: {res['short_throughput_ratio']:.3f} "
+          "(times after engine start-up)")
+
+
+# -- largest ----------------------------------------------------------------------------------
+def _largest(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="long-largest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model if args.model_given else tiny_model(work)
+    tok = AutoTokenizer.from_pretrained(model)
+    text = xsum_text(args.contexts * args.max_model_len, tok)
+    doc = work / "largest.jsonl"
+    doc.write_text(json.dumps({"id": "largest", "text": text}) + "\n")
+    n_tokens = len(tok.encode(text, add_special_tokens=False))
+    tasks = {t: {} for t in args.tasks.split(",")}
+    if "translation" in tasks:
+        tasks["translation"] = {"target_lang": "French", "sampling": {"max_tokens": args.max_tokens}}
+    if "summarization" in tasks:
+        tasks["summarization"] = {"max_words": 30}
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    spec = write_spec(work / "largest.yaml", [doc], out, model, tasks,
+                      {"max_model_len": args.max_model_len, "kv_cache_gib": 0.5}, 1)
+    print(f"[long_docs] largest: {len(text):,} characters, {n_tokens:,} tokens ...", flush=True)
+    r = run_cli(spec, out, work / "largest.log")
+    s = r["summary"]
+    import pyarrow.dataset as pads
+
+    rows = {}
+    for t in tasks:
+        cols = ["parts", "prompt_tokens", "output_tokens", "output_truncated"] + (["depth"] if t == "summarization" else [])
+        (row,) = pads.dataset(str(out / t)).to_table(columns=cols).to_pylist()
+        rows[t] = row
+    return {
+        "what": f"one document of {len(text):,} characters = {n_tokens:,} tokens ({n_tokens / args.max_model_len:.0f} x "
+        f"max_model_len {args.max_model_len}); model {Path(model).name}; tasks {', '.join(tasks)}",
+        "characters": len(text), "tokens": n_tokens, "wall_seconds": s["wall_seconds"],
+        "startup_seconds": s.get("startup_seconds"), "steady_seconds": s.get("steady_seconds"),
+        "rows": rows, "work": str(work),
+    }
+
+
+def print_largest(res: dict[str, Any]) -> None:
+    print(res["what"])
+    print(f"wall {res['wall_seconds']:.1f} s (engine start-up {res['startup_seconds']:.1f} s, then {res['steady_seconds']:.1f} s)")
+    for t, row in res["rows"].items():
+        print(f"  {t}: {row}")
+
+
 # -- main -------------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.long_docs", description=__doc__.split("\n\n")[0])
@@ -154,14 +339,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--docs", type=int, default=0, help="sentiment: at most this many documents (0: all)")
     ap.add_argument("--per-doc", type=int, default=4, help="sentiment: reviews per document")
+    ap.add_argument("--short", type=int, default=1500, help="mixed: one-line rows")
+    ap.add_argument("--long", type=int, default=4, help="mixed: long documents")
+    ap.add_argument("--contexts", type=int, default=20, help="mixed, largest: a long document's length in max_model_len")
+    ap.add_argument("--max-tokens", type=int, default=48, help="mixed, largest: translation tokens per request")
+    ap.add_argument("--batch-rows", type=int, default=64)
+    ap.add_argument("--batches-in-flight", type=int, default=2)
+    ap.add_argument("--rows-per-unit", type=int, default=100)
+    ap.add_argument("--tasks", default="translation,summarization", help="largest: tasks")
+    ap.add_argument("--work", help="mixed, largest: working folder (default: a new temporary one)")
     ap.add_argument("--out", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
+    # sentiment measures the real default model; mixed and largest default to the tiny one
+    args.model_given = args.model is not None
     args.model = args.model or default_model()
     if args.what == "sentiment":
         res = asyncio.run(_sentiment(args))
         print_sentiment(res)
+    elif args.what == "mixed":
+        res = _mixed(args)
+        print_mixed(res)
     else:
-        raise SystemExit(f"{args.what}: not yet")
+        res = _largest(args)
+        print_largest(res)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0

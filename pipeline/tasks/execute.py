@@ -15,8 +15,9 @@ succeed either: the caller replaces the engine.
 Long texts (context policy 'split', pipeline/tasks/split.py): a text that does not fit one
 request is cut into parts at paragraph and sentence ends, sized with the model's tokenizer,
 chat template, context length and the task's answer budget. The parts go to the engine as
-separate requests, all at once (the engine's own request limit paces them, alongside every
-other row's requests), and their answers become one result, by the task's `split_mode`:
+separate requests, all at once, at a lower priority than whole texts (the engine's request
+limit paces them, alongside every other row's requests), and their answers become one
+result, by the task's `split_mode`:
 
 - 'join' (translation): the parts' answers in order, with the text's paragraph breaks;
   every source paragraph gives exactly one output paragraph. Whole paragraphs are packed
@@ -48,7 +49,14 @@ logger = logging.getLogger(__name__)
 
 
 class EngineLike(Protocol):
-    async def agenerate(self, prompt: Sequence[int], params: Any) -> Generation: ...
+    # `priority` (lower first) is passed for the parts of split texts only.
+    async def agenerate(self, prompt: Sequence[int], params: Any, priority: int = 0) -> Generation: ...
+
+
+# The parts of a split text queue behind whole texts (in the engine's request limit and in
+# vLLM's scheduler): a long document fills the engine's spare room and never holds up the
+# short rows around it; with nothing else to do, it has the whole engine.
+PART_PRIORITY = 1
 
 
 @dataclass(frozen=True)
@@ -128,10 +136,11 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
     try:
         if policy == "split":
             plan = plan_parts(task, text, ctx)
-            if plan is not None:
+            if isinstance(plan, SplitPlan):
                 return await _execute_split(task, plan, engine, ctx, t0)
-            policy = "reject"  # it fits one request: never cut
-        ids, truncated = render_tokens(task, text, ctx.tokenizer, ctx.max_model_len, policy)
+            ids, truncated = plan, False
+        else:
+            ids, truncated = render_tokens(task, text, ctx.tokenizer, ctx.max_model_len, policy)
     except PromptTooLong as e:
         return TaskResult.failure(task.name, ErrorKind.TOO_LONG, str(e))
     t1 = time.perf_counter()
@@ -149,12 +158,12 @@ class _RequestFailed(Exception):
     """A request failed every attempt (the engine itself lives on)."""
 
 
-async def _generate(engine: EngineLike, ids: Sequence[int], params: Any, retries: int) -> Generation:
+async def _generate(engine: EngineLike, ids: Sequence[int], params: Any, retries: int, **kw: Any) -> Generation:
     from pipeline.engine.engine import EngineError
 
     for attempt in range(retries + 1):
         try:
-            return await engine.agenerate(ids, params)
+            return await engine.agenerate(ids, params, **kw)
         except (EngineError, asyncio.CancelledError):
             raise
         except Exception as e:  # noqa: BLE001 - one request failed; the engine lives on
@@ -202,9 +211,10 @@ def _room(task: Task, ctx: ExecContext) -> int:
     return prompt_budget(task, ctx.max_model_len) - template_tokens(task, ctx.tokenizer)
 
 
-def plan_parts(task: Task, text: str, ctx: ExecContext) -> Optional[SplitPlan]:
-    """None when the text fits one request; else its parts, each prompt rendered and within
-    the budget. Raises PromptTooLong when not even the template leaves room for text."""
+def plan_parts(task: Task, text: str, ctx: ExecContext) -> list[int] | SplitPlan:
+    """The prompt's token ids when the text fits one request; else its parts, each prompt
+    rendered and within the budget. Raises PromptTooLong when not even the template leaves
+    room for text."""
     tok, budget = ctx.tokenizer, prompt_budget(task, ctx.max_model_len)
     room = _room(task, ctx)
     limit = task.part_tokens(room)
@@ -213,11 +223,9 @@ def plan_parts(task: Task, text: str, ctx: ExecContext) -> Optional[SplitPlan]:
             f"max_model_len {ctx.max_model_len} leaves no room for text after the prompt template "
             f"({template_tokens(task, tok)} tokens) and {task.max_output_tokens()} answer tokens; raise engine.max_model_len"
         )
-    n = len(tok.encode(text, add_special_tokens=False))
-    if n <= limit and n + template_tokens(task, tok) <= budget:
-        ids = _prompt_ids(task, text, tok)
-        if len(ids) <= budget:
-            return None
+    ids = _prompt_ids(task, text, tok)  # one tokenization for the common case, a text that fits
+    if len(ids) <= budget and len(ids) - template_tokens(task, tok) <= limit:
+        return ids
     doc = Document.parse(text)
     return SplitPlan(doc, _split_to_fit(task, doc, limit, ctx))
 
@@ -264,7 +272,7 @@ class _RowFailed(Exception):
 async def _ask(task: Task, ids: list[int], ctx: ExecContext, engine: EngineLike, tally: _Tally, what: str) -> dict[str, Any]:
     """One part's request: its parsed columns, or _RowFailed with the part named."""
     try:
-        gen = await _generate(engine, ids, task.sampling_params(), ctx.retries)
+        gen = await _generate(engine, ids, task.sampling_params(), ctx.retries, priority=PART_PRIORITY)
     except _RequestFailed as e:
         raise _RowFailed(TaskResult.failure(task.name, ErrorKind.GENERATION_ERROR, f"{what}: {e}")) from None
     r = finish(task, gen, False)

@@ -17,7 +17,7 @@ from pipeline.engine.engine import EngineDead
 from pipeline.engine.outputs import Completion, Generation
 from pipeline.errors import ErrorKind
 from pipeline.tasks import build_tasks
-from pipeline.tasks.execute import ExecContext, execute, plan_parts
+from pipeline.tasks.execute import ExecContext, SplitPlan, execute, plan_parts
 
 MAX_LEN = 512
 MARK = re.compile(r"\[P\d+S\d+\]")
@@ -48,13 +48,15 @@ class MarkerEngine:
     def __init__(self, tokenizer, merge=False, fail=None, answer=None):
         self.tok, self.merge, self.fail, self.answer = tokenizer, merge, fail, answer
         self.prompts = []
+        self.priorities = set()
         self.in_flight = self.peak = 0
 
     def user_text(self, ids):
         text = self.tok.decode(ids)
         return text.split("<|im_start|>user\n", 1)[1].rsplit("<|im_end|>", 1)[0]
 
-    async def agenerate(self, prompt, params):
+    async def agenerate(self, prompt, params, priority=0):
+        self.priorities.add(priority)
         self.prompts.append(list(prompt))
         k = len(self.prompts)  # this request's number, in the order they came
         self.in_flight += 1
@@ -98,6 +100,7 @@ def test_translation_of_twenty_contexts_keeps_every_paragraph_in_order(ctx, tiny
     for i, (src, got) in enumerate(zip(paras, out)):
         assert MARK.findall(got) == MARK.findall(src), f"paragraph {i}"  # none dropped, none moved
     assert r.columns["parts"] > 20 and r.columns["input_truncated"] is False
+    assert engine.priorities == {1}  # parts queue behind whole texts
     assert max(len(p) for p in engine.prompts) <= budget(task)
     assert r.prompt_tokens == r.columns["prompt_tokens"] == sum(len(p) for p in engine.prompts)
     if merge:  # packed parts came back as one paragraph: redone one paragraph per request
@@ -110,7 +113,7 @@ def test_a_text_that_fits_is_one_request(ctx, tiny_tokenizer):
     engine = MarkerEngine(tiny_tokenizer)
     task = one(translation={"target_lang": "French", "sampling": {"max_tokens": 128}})
     r = run(execute(task, "[P0S0] A short text.", engine, ctx))
-    assert r.ok and r.columns["parts"] == 1 and len(engine.prompts) == 1
+    assert r.ok and r.columns["parts"] == 1 and len(engine.prompts) == 1 and engine.priorities == {0}
     # 512 answer tokens leave no room in a 512-token context: said so, before any request.
     r = run(execute(one(translation={"target_lang": "French"}), "A short text.", engine, ctx))
     assert r.error_kind is ErrorKind.TOO_LONG and "raise engine.max_model_len" in r.error_message
@@ -123,8 +126,8 @@ def test_translation_splits_what_would_not_fit_its_answer_budget(ctx, tiny_token
     task = one(translation={"target_lang": "French", "sampling": {"max_tokens": 40}})
     n = len(tiny_tokenizer.encode(text))
     assert 40 < n < budget(task) - 60
-    assert plan_parts(task, text, ctx) is not None
-    assert plan_parts(one(summarization={"max_words": 10}), text, ctx) is None
+    assert isinstance(plan_parts(task, text, ctx), SplitPlan)
+    assert isinstance(plan_parts(one(summarization={"max_words": 10}), text, ctx), list)  # its prompt ids
 
 
 def test_other_policies_still_apply(ctx, tiny_tokenizer):
