@@ -77,7 +77,13 @@ class Sentiment(Task):
     def aggregate(self, answers: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
         """The parts' label probabilities averaged, weighted by their tokens; the label is
         the most probable one and `score` its averaged probability (with today's one-hot
-        probabilities: the token-weighted vote share)."""
+        probabilities: the token-weighted vote share).
+
+        Chosen by measurement (`python -m bench.long_docs sentiment`, bench/results/long/):
+        on 49 documents of four same-label IMDB reviews (1,274 tokens on average) with
+        SmolLM2-135M-Instruct and max_model_len 512, this got 81.6% right, against 61.2% for
+        truncation (the head), 69.4% for the tail, 65.3% for head and tail, 77.6% for the
+        unweighted vote and 79.6% for averaging the labels' raw first-token probabilities."""
         total = sum(weights)
         mean = {lab: 0.0 for lab in self.cfg.labels}
         for a, w in zip(answers, weights):
