@@ -214,9 +214,12 @@ class JobSpec(_Model):
         (max_model_len, context_policy): what `retry-errors` may change for the rows it retries.
         """
         engine = {"dtype", "seed", "tensor_parallel_size"} | ({"max_model_len", "context_policy"} if admission else set())
+        tasks = self.tasks.model_dump()
+        if not admission:  # a task's own context_policy too
+            tasks = {name: {k: v for k, v in t.items() if k != "context_policy"} if t else t for name, t in tasks.items()}
         relevant = {
             "input": self.input.model_dump(exclude={"paths", *TRANSPORT_FIELDS}),
-            "tasks": self.tasks.model_dump(),
+            "tasks": tasks,
             "model": model_id,
             "engine": self.engine.model_dump(include=engine),
             "environment": environment or {},

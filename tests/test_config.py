@@ -86,6 +86,9 @@ def test_result_fingerprint_covers_the_environment_and_admission_settings():
     assert longer.result_fingerprint("m1", env) != fp
     # What retry-errors compares: the same but for whether a text fits the context.
     assert longer.result_fingerprint("m1", env, admission=False) == a.result_fingerprint("m1", env, admission=False)
+    own = JobSpec.model_validate({**BASE, "tasks": {"sentiment": {"context_policy": "truncate"}}})
+    assert own.result_fingerprint("m1", env) != fp
+    assert own.result_fingerprint("m1", env, admission=False) == a.result_fingerprint("m1", env, admission=False)
 
 
 def test_result_environment_names_versions_dtype_and_task_definitions(monkeypatch):

@@ -181,6 +181,8 @@ class Task:
             "user": cls.default_user,
             "sampling": cls.default_sampling,
             "parser_version": cls.parser_version,
+            "context_policy": cls.default_context_policy,
+            "split_mode": cls.split_mode,
         }
 
     @classmethod
