@@ -74,7 +74,7 @@ def build(
     docs = corpus(rows, words)
     with open(wl.corpus_path, "w") as c, open(wl.prompts_path, "w") as p:
         for d in docs:
-            ids, _ = render_tokens(t, d["text"], tok, cfg.max_model_len, cfg.context_policy)
+            ids, _ = render_tokens(t, d["text"], tok, cfg.max_model_len, cfg.context_policy or "truncate")
             c.write(json.dumps(d) + "\n")
             p.write(json.dumps({"id": d["id"], "prompt_token_ids": ids}) + "\n")
     wl.save()

@@ -405,7 +405,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-rows", type=int, help="rows handed to an engine at once")
     p.add_argument("--hang-timeout", type=float, help="seconds without a finished request before an engine counts as dead")
-    p.add_argument("--context-policy", choices=["truncate", "reject"], help="text longer than the context")
+    p.add_argument("--context-policy", choices=["split", "truncate", "reject"],
+                   help="text longer than the context, for every task (default: each task's own, split)")
     p.add_argument("--actors", type=int, help="inference actors (one engine each)")
     p.add_argument("--max-actor-restarts", type=int, help="restarts per inference actor before the run fails")
     p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")

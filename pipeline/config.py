@@ -126,9 +126,24 @@ class EngineConfig(_Model):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism).")
     enforce_eager: bool = Field(True, description="Skip graph capture: faster start-up, small cost on GPUs.")
     cpu_threads: Optional[int] = Field(None, ge=1, description="CPU only: OpenMP threads per engine (default: the actor's CPUs).")
-    context_policy: Literal["truncate", "reject"] = Field(
-        "truncate",
-        description="Text too long for max_model_len: 'truncate' keeps its start (output column input_truncated=true); 'reject' makes an error record.",
+    context_policy: Optional[Literal["split", "truncate", "reject"]] = Field(
+        None,
+        description="Text too long for one request, for every task that does not set its own context_policy: "
+        "'split' it into parts (the tasks' default; see tasks.*.context_policy), 'truncate' it (its start kept, "
+        "input_truncated=true) or 'reject' it (an error record of kind too_long). Unset: each task's own default.",
+    )
+    request_retries: int = Field(
+        1,
+        ge=0,
+        description="Times a failed request (a whole text, or one part of a split one) is sent again before "
+        "its row becomes an error record (generation_error).",
+    )
+    max_requests_in_flight: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Most requests an engine holds at once, from all rows and batches together (a split text "
+        "is many requests); the rest wait their turn in order. Default: 2 x max_num_seqs, so the engine's batch "
+        "is always full and its waiting queue short.",
     )
     hang_timeout_s: float = Field(
         600,
@@ -214,9 +229,12 @@ class JobSpec(_Model):
         (max_model_len, context_policy): what `retry-errors` may change for the rows it retries.
         """
         engine = {"dtype", "seed", "tensor_parallel_size"} | ({"max_model_len", "context_policy"} if admission else set())
+        tasks = self.tasks.model_dump()
+        if not admission:  # a task's own context_policy too
+            tasks = {name: {k: v for k, v in t.items() if k != "context_policy"} if t else t for name, t in tasks.items()}
         relevant = {
             "input": self.input.model_dump(exclude={"paths", *TRANSPORT_FIELDS}),
-            "tasks": self.tasks.model_dump(),
+            "tasks": tasks,
             "model": model_id,
             "engine": self.engine.model_dump(include=engine),
             "environment": environment or {},

@@ -12,7 +12,13 @@ BASE = {"input": {"paths": ["a.jsonl"]}, "output": {"path": "out"}, "tasks": {"s
 
 def test_minimal_spec_has_defaults():
     spec = JobSpec.model_validate(BASE)
-    assert spec.engine.context_policy == "truncate"
+    # Long texts: each task's own policy unless the engine-wide one is set.
+    assert spec.engine.context_policy is None
+    from pipeline.tasks import build_tasks
+
+    tasks = build_tasks(JobSpec.model_validate({**BASE, "tasks": {"summarization": {}, "translation": {"target_lang": "fr"}}}).tasks)
+    assert [t.context_policy(spec.engine.context_policy) for t in tasks] == ["split", "split"]
+    assert [t.context_policy("reject") for t in tasks] == ["reject", "reject"]
     assert spec.resources.actors == 1
     assert list(spec.tasks.enabled()) == ["sentiment"]
 
@@ -80,6 +86,9 @@ def test_result_fingerprint_covers_the_environment_and_admission_settings():
     assert longer.result_fingerprint("m1", env) != fp
     # What retry-errors compares: the same but for whether a text fits the context.
     assert longer.result_fingerprint("m1", env, admission=False) == a.result_fingerprint("m1", env, admission=False)
+    own = JobSpec.model_validate({**BASE, "tasks": {"sentiment": {"context_policy": "truncate"}}})
+    assert own.result_fingerprint("m1", env) != fp
+    assert own.result_fingerprint("m1", env, admission=False) == a.result_fingerprint("m1", env, admission=False)
 
 
 def test_result_environment_names_versions_dtype_and_task_definitions(monkeypatch):

@@ -73,7 +73,7 @@ class InferenceActor:
         self.instance = uuid.uuid4().hex
         if progress is not None:
             progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at)
-        self.ctx = ExecContext(self.engine.tokenizer, self.spec.engine.max_model_len, self.spec.engine.context_policy)
+        self.ctx = ExecContext.for_engine(self.engine.tokenizer, self.spec.engine)
         self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call
         threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()
 

@@ -39,7 +39,8 @@ def retry_errors(
     every row stays exactly once per task.
 
     The spec must be the one the output was published with, but for the settings that
-    decide whether a text fits (engine.max_model_len, engine.context_policy): otherwise the
+    decide whether a text fits (engine.max_model_len, engine.context_policy and the tasks'
+    own context_policy): otherwise the
     retried rows would come from another model or prompt than their neighbours. `force`
     overrides that check.
     """
@@ -56,7 +57,7 @@ def retry_errors(
         raise RunError(
             f"{spec.output.path} was published with another configuration (model, prompts, sampling, reader "
             "options or engine versions differ from this spec): retried rows would not match the others. Use the "
-            "spec it was published with (only engine.max_model_len and engine.context_policy may change), "
+            "spec it was published with (only max_model_len and the context policies may change), "
             "or pass --force to mix them knowingly."
         )
     enabled = set(spec.tasks.enabled())

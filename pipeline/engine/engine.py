@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gc
+import heapq
 import itertools
 import logging
 import os
@@ -143,10 +144,15 @@ class Engine:
         self.load_seconds: Optional[float] = None
         # Liveness: requests in flight, and when one last finished (or the first was sent).
         self.in_flight = 0
+        self.peak_in_flight = 0  # most requests in flight at once (at most engine.max_requests_in_flight)
         self.last_progress = time.monotonic()
         self.finished_requests = 0  # running count, for live progress
         self._ids = itertools.count()
         self._final: dict[int, Any] = {}  # id(params) -> (params, FINAL_ONLY copy)
+        # The request limit (engine.max_requests_in_flight), taken on the engine's loop by
+        # every request from every caller: a split document's hundred parts wait here, not
+        # in vLLM's queue, and a whole text's request goes before them (priority).
+        self._slots: Optional[RequestSlots] = None
 
     # -- lifecycle ------------------------------------------------------------------
     def engine_kwargs(self, device: str) -> dict[str, Any]:
@@ -161,6 +167,9 @@ class Engine:
             tensor_parallel_size=c.tensor_parallel_size,
             enforce_eager=c.enforce_eager,
             disable_log_stats=False,
+            # Requests carry a priority (parts of split documents after whole texts); with
+            # one priority for all this is first come, first served.
+            scheduling_policy="priority",
         )
         if c.block_size is not None:
             kw["block_size"] = c.block_size
@@ -193,6 +202,7 @@ class Engine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         logger.info("starting vLLM engine: %s on %s (%s)", self.model_path, self.device, self.dtype)
+        self._slots = RequestSlots(self.cfg.max_requests_in_flight or 2 * self.cfg.max_num_seqs)
         t0 = time.perf_counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
@@ -257,11 +267,14 @@ class Engine:
         return self.llm.get_tokenizer()
 
     # -- per request (any event loop) ----------------------------------------------------
-    async def agenerate(self, prompt: Sequence[int], params: Any, request_id: Optional[str] = None) -> Generation:
+    async def agenerate(
+        self, prompt: Sequence[int], params: Any, request_id: Optional[str] = None, priority: int = 0
+    ) -> Generation:
         """One request, awaited from any event loop (the engine's own or another thread's).
-        Cancelling the awaiting task aborts the request in the engine."""
+        Cancelling the awaiting task aborts the request in the engine. Lower `priority`
+        values go first, in the request limit's queue and in vLLM's."""
         loop = self._loop_or_fail()
-        coro = self._generate_one(list(prompt), params, request_id)
+        coro = self._generate_one(list(prompt), params, request_id, priority)
         if _running_loop() is loop:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
@@ -309,17 +322,18 @@ class Engine:
         from vllm.inputs import TokensPrompt
 
         rid = request_id or f"s{next(self._ids)}"
-        with self._tracked(), _dead_engine_as_error():
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
-                o = out.outputs[0]
-                yield StreamChunk(
-                    text=o.text,
-                    token_ids=tuple(o.token_ids),
-                    finish_reason=o.finish_reason if out.finished else None,
-                    prompt_tokens=len(out.prompt_token_ids or ()),
-                )
-            self.finished_requests += 1
-            self.last_progress = time.monotonic()
+        async with self._slots.hold(0):
+            with self._tracked(), _dead_engine_as_error():
+                async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt), params, rid):
+                    o = out.outputs[0]
+                    yield StreamChunk(
+                        text=o.text,
+                        token_ids=tuple(o.token_ids),
+                        finish_reason=o.finish_reason if out.finished else None,
+                        prompt_tokens=len(out.prompt_token_ids or ()),
+                    )
+                self.finished_requests += 1
+                self.last_progress = time.monotonic()
 
     # -- whole lists (any thread) --------------------------------------------------------
     def submit(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> "concurrent.futures.Future":
@@ -369,23 +383,28 @@ class Engine:
         if self.in_flight == 0:
             self.last_progress = time.monotonic()
         self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             yield
         finally:
             self.in_flight -= 1
 
-    async def _generate_one(self, prompt: list[int], params: Any, request_id: Optional[str] = None) -> Generation:
+    async def _generate_one(
+        self, prompt: list[int], params: Any, request_id: Optional[str] = None, priority: int = 0
+    ) -> Generation:
         from vllm.inputs import TokensPrompt
 
-        with self._tracked(), _dead_engine_as_error():
-            final = None
-            rid = request_id or f"r{next(self._ids)}"
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), self._final_only(params), rid):
-                final = out
-            if final is None:
-                raise EngineError(f"request {rid} ended without output")
-            self.finished_requests += 1
-            self.last_progress = time.monotonic()
+        async with self._slots.hold(priority):  # waiting here is not "in flight": the hang watchdog ignores it
+            with self._tracked(), _dead_engine_as_error():
+                final = None
+                rid = request_id or f"r{next(self._ids)}"
+                prompt_in = TokensPrompt(prompt_token_ids=list(prompt))
+                async for out in self.llm.generate(prompt_in, self._final_only(params), rid, priority=priority):
+                    final = out
+                if final is None:
+                    raise EngineError(f"request {rid} ended without output")
+                self.finished_requests += 1
+                self.last_progress = time.monotonic()
         o = final.outputs[0]
         return Generation(
             completion=Completion(
@@ -434,6 +453,46 @@ class Engine:
         except Exception:  # noqa: BLE001 - metrics are best effort
             logger.debug("engine metrics unavailable", exc_info=True)
         return out
+
+
+class RequestSlots:
+    """A counting semaphore that lets waiters in by (priority, arrival) rather than by
+    arrival alone, so that whole texts overtake the queued parts of long ones. Used on one
+    event loop (the engine's)."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, priority: int = 0):
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, priority: int) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._arrivals), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # the slot came just as we were cancelled: pass it on
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():  # a cancelled waiter is skipped
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 async def _shutdown_on_loop(llm: Any) -> None:

@@ -28,6 +28,9 @@ COMMON_COLUMNS: list[pa.Field] = [
     pa.field("prompt_tokens", pa.int32()),
     pa.field("output_tokens", pa.int32()),
     pa.field("finish_reason", pa.string()),
+    # Requests whose answers make up output_text: 1 when the text fit one request, more when
+    # context_policy 'split' cut it into parts (prompt_tokens and output_tokens sum over all).
+    pa.field("parts", pa.int32()),
     pa.field("model", pa.string()),
     pa.field("run_id", pa.string()),
 ]
@@ -64,8 +67,20 @@ class PromptOverride(StrictModel):
         return v
 
 
+ContextPolicy = Literal["split", "truncate", "reject"]
+
+
 class TaskConfig(StrictModel):
     """Settings every task has; each task's config model adds its own."""
+
+    context_policy: Optional[ContextPolicy] = Field(
+        None,
+        description="A text too long for one request: 'split' it into parts at paragraph and sentence ends "
+        "(translation: parts translated and joined; summarization: parts summarized, then the summaries; "
+        "sentiment: part label probabilities averaged), 'truncate' it (its start kept, input_truncated=true) "
+        "or 'reject' it (an error record of kind too_long). Unset: engine.context_policy if set, else the "
+        "task's default (split for every task).",
+    )
 
     prompt: PromptOverride = Field(default_factory=PromptOverride, description="Prompt overrides.")
     sampling: SamplingOverride = Field(default_factory=SamplingOverride, description="Sampling overrides.")
@@ -92,6 +107,11 @@ class Task:
     default_system: ClassVar[str]
     default_user: ClassVar[str] = "{text}"
     default_sampling: ClassVar[dict[str, Any]] = {}
+    # What context_policy 'split' does with the parts' answers (pipeline/tasks/execute.py):
+    # 'join' them in order, 'reduce' them (answer the joined answers, recursively), or
+    # 'aggregate' them (Task.aggregate).
+    split_mode: ClassVar[Literal["join", "reduce", "aggregate"]]
+    default_context_policy: ClassVar[ContextPolicy] = "split"
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -109,6 +129,24 @@ class Task:
         system = (self.cfg.prompt.system or self.default_system).format_map(_Missing(fields))
         user = (self.cfg.prompt.user or self.default_user).format_map(_Missing(fields))
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    # -- long texts -------------------------------------------------------------------
+    def context_policy(self, engine_default: Optional[str] = None) -> str:
+        """The task's own setting, else the engine-wide one, else the task's default."""
+        return self.cfg.context_policy or engine_default or self.default_context_policy
+
+    def part_tokens(self, room: int) -> int:
+        """Most text tokens per part, given `room` left in the context by the prompt and the
+        answer: all of it unless the answer grows with the input (translation)."""
+        return room
+
+    def language(self) -> str:
+        """Language of the input text (for sentence splitting); English unless the task says."""
+        return "en"
+
+    def aggregate(self, answers: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
+        """One answer from the parts' answers (split_mode 'aggregate' only)."""
+        raise NotImplementedError(f"task {self.name} does not aggregate parts")
 
     # -- sampling -------------------------------------------------------------------
     def sampling_kwargs(self) -> dict[str, Any]:
@@ -143,6 +181,8 @@ class Task:
             "user": cls.default_user,
             "sampling": cls.default_sampling,
             "parser_version": cls.parser_version,
+            "context_policy": cls.default_context_policy,
+            "split_mode": cls.split_mode,
         }
 
     @classmethod

@@ -2,11 +2,12 @@
 
 Shared by the batch actor and the online endpoint. Length policy lives here too: a text
 that does not leave room for the task's output tokens is truncated (its start kept) or
-rejected, as the job says.
+rejected, as the job says (policy 'split' is built on 'reject' in pipeline/tasks/execute.py).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pipeline.tasks.base import Task
@@ -29,11 +30,22 @@ def _encode(prompt: str, tokenizer: Any) -> list[int]:
     return tokenizer.encode(prompt, add_special_tokens=False)
 
 
+def prompt_budget(task: Task, max_model_len: int) -> int:
+    """Prompt tokens that leave room for the task's answer."""
+    return max_model_len - task.max_output_tokens()
+
+
+@functools.lru_cache(maxsize=64)  # keyed on the task and tokenizer objects (identity)
+def template_tokens(task: Task, tokenizer: Any) -> int:
+    """Tokens the prompt takes around the text: the instruction and the chat template."""
+    return len(_encode(render_text(task, "", tokenizer), tokenizer))
+
+
 def render_tokens(
     task: Task, text: str, tokenizer: Any, max_model_len: int, policy: str
 ) -> tuple[list[int], bool]:
     """Prompt token ids and whether the text was truncated to fit."""
-    budget = max_model_len - task.max_output_tokens()
+    budget = prompt_budget(task, max_model_len)
     if policy == "truncate":
         # No tokenizer we know packs more than ~32 characters into a token on average text:
         # cutting far-too-long text first keeps tokenizing a 1 MB document cheap.

@@ -19,12 +19,18 @@ class Summarization(Task):
     name = "summarization"
     description = "A summary of each text, bounded in words."
     config_model = SummarizationConfig
-    extra_columns = [pa.field("max_words", pa.int32())]
+    extra_columns = [
+        pa.field("max_words", pa.int32()),
+        # Summarization levels behind output_text: 1 when the text fit one request; a split
+        # text's parts are summarized (level 1), then their summaries (2), ... until one.
+        pa.field("depth", pa.int32()),
+    ]
     default_system = (
         "You are a careful editor. Summarize the user's text in at most {max_words} words. "
         "Reply with the summary only."
     )
     default_user = "{text}"
+    split_mode = "reduce"
 
     def params(self) -> dict[str, Any]:
         return {"max_words": self.cfg.max_words}
@@ -37,4 +43,4 @@ class Summarization(Task):
         return kw
 
     def parse(self, completion) -> dict[str, Any]:
-        return {"output_text": completion.text.strip(), "max_words": self.cfg.max_words}
+        return {"output_text": completion.text.strip(), "max_words": self.cfg.max_words, "depth": 1}

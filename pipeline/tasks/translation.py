@@ -29,6 +29,12 @@ class Translation(Task):
     )
     default_user = "{text}"
     default_sampling = {"max_tokens": 512}
+    split_mode = "join"
+    # A translation runs longer than its source in tokens (European languages in an
+    # English-centric tokenizer: up to about 1.5x), and it must fit max_tokens: a part holds
+    # at most max_tokens / 1.5 source tokens, and a text longer than that is split even when
+    # it would fit the context (one request would have its translation cut).
+    OUTPUT_TOKENS_PER_SOURCE_TOKEN = 1.5
 
     def params(self) -> dict[str, Any]:
         src = self.cfg.source_lang
@@ -37,6 +43,13 @@ class Translation(Task):
             "source_lang": src,
             "from_clause": f"from {src} " if src else "",
         }
+
+    def part_tokens(self, room: int) -> int:
+        return min(room, int(self.max_output_tokens() / self.OUTPUT_TOKENS_PER_SOURCE_TOKEN))
+
+    def language(self) -> str:
+        # sentencex takes ISO codes and falls back to generic rules for names it does not know.
+        return (self.cfg.source_lang or "en").lower()
 
     def parse(self, completion) -> dict[str, Any]:
         return {
