@@ -135,3 +135,22 @@ def test_run_quality_reads_published_outputs_and_samples_repetition_on_large_run
     monkeypatch.setattr(R, "REPETITION_SAMPLE", 3)  # stride 4: rows 0, 4, 8 are checked
     q = R.run_quality(spec)["summarization"]
     assert (q.outputs, q.truncated, q.repetition_checked, q.repetitive) == (10, 3, 3, 2)
+
+
+def test_printed_run_summary_has_the_quality_and_metric_lines(capsys):
+    from pipeline.batch.summary import RunSummary
+    from pipeline.cli import _print_summary
+    from pipeline.eval.records import Quality, RunEvaluation, TaskMetrics
+
+    q = Quality(outputs=50, truncated=10, truncated_share=0.2, empty=0, empty_share=0.0,
+                repetition_checked=50, repetitive=5, repetitive_share=0.1, seq_rep_4=0.05)
+    ev = RunEvaluation(quality={"summarization": q}, metrics={"summarization": TaskMetrics(
+        reference_field="summary", rows=50, failed=0, metrics={"rouge1": 20.0, "rouge2": 3.0, "rougeL": 15.0},
+        quality=q, lead_baseline={"rouge1": 16.6, "rouge2": 1.8, "rougeL": 12.6})})
+    s = RunSummary(run_id="r1", status="published", output="out", evaluation=ev)
+    _print_summary(s)
+    text = capsys.readouterr().out
+    assert "quality summarization  of 50 outputs: cut at max_tokens 10 (20.0%), empty 0, repeating itself 5 (10.0%)" in text
+    assert "metrics summarization  vs 'summary' (50 rows, 0 failed): rouge1 20.0, rouge2 3.0, rougeL 15.0" in text
+    assert "lead-sentence baseline rougeL 12.6" in text
+    assert RunSummary.model_validate(s.to_json()).evaluation == ev  # round trip through summary.json
