@@ -23,7 +23,7 @@ class Quality(_Record):
     repetition_checked: Optional[int] = Field(
         None, description="Outputs checked for repetition: all, or an even sample on runs above 100,000 outputs."
     )
-    repetitive: Optional[int] = Field(None, description="Checked outputs in which a word 4-gram occurs twice (not for sentiment).")
+    repetitive: Optional[int] = Field(None, description="Checked outputs in which a word 6-gram occurs twice (not for sentiment).")
     repetitive_share: Optional[float] = None
     seq_rep_4: Optional[float] = Field(None, description="Mean seq-rep-4: 1 - distinct 4-grams / 4-grams per output.")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pipeline.eval.metrics import REPEAT_N, ROUGE_TYPES
+from pipeline.eval.metrics import ROUGE_TYPES, SEQ_REP_N
 
 _SCORE_100 = frozenset({*ROUGE_TYPES, "chrf", "bleu"})
 _SHARES = ("truncated", "empty", "repetitive")
@@ -33,9 +33,9 @@ def _quality_rows(q: dict[str, Any]) -> list[list[str]]:
             share = q.get(f"{k}_share")
             of = q.get("repetition_checked", n) if k == "repetitive" else n
             rows.append([f"{k} (share of outputs)", f"{share:.3f}" if share is not None else "-", f"{q[k]} of {of}"])
-    rep = q.get(f"seq_rep_{REPEAT_N}")
+    rep = q.get(f"seq_rep_{SEQ_REP_N}")
     if rep is not None:
-        rows.append([f"seq-rep-{REPEAT_N} (mean)", f"{rep:.3f}", ""])
+        rows.append([f"seq-rep-{SEQ_REP_N} (mean)", f"{rep:.3f}", ""])
     return rows
 
 

@@ -123,7 +123,7 @@ def test_run_quality_reads_published_outputs_and_samples_repetition_on_large_run
 
     out = tmp_path / "out"
     (out / "summarization").mkdir(parents=True)
-    texts = ["a b c d a b c d"] * 5 + ["one clean sentence here"] * 4 + [""]
+    texts = ["a b c d e f a b c d e f"] * 5 + ["one clean sentence here"] * 4 + [""]
     fins = ["length"] * 3 + ["stop"] * 7
     pq.write_table(pa.table({"row_id": [f"r{i}" for i in range(10)], "output_text": texts, "finish_reason": fins}),
                    out / "summarization" / "part-0.parquet")

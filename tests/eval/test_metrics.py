@@ -79,11 +79,12 @@ def test_chrf_and_bleu_equal_sacrebleu_corpus_scores_on_any_subset():
 
 
 def test_quality_signals_and_repetition():
-    assert M.repeats_itself("The film is a film is a film")
-    assert not M.repeats_itself("A calm, short and clear summary of the article.")
+    assert M.repeats_itself("The man was charged with theft. The man was charged with theft again.")
+    assert not M.repeats_itself("The National Portrait Gallery said the National Portrait Gallery reopens.")
+    assert M.repeats_itself("the film is a film is a film", n=4)
     # 8 words, five 4-grams, one of them repeated: seq-rep-4 = 1 - 4/5.
     assert M.seq_rep("the film is a film is a film") == pytest.approx(0.2)
-    q = M.QualityScorer.score(["a b c d a b c d", "  ", None, "fine"], ["length", "stop", None, "stop"])
+    q = M.QualityScorer.score(["a b c d e f a b c d e f", "  ", None, "fine"], ["length", "stop", None, "stop"])
     s = M.quality_summary(q.totals())
     # The failed row (None) is not an output: shares are over the 3 outputs.
     assert s["outputs"] == 3
