@@ -8,6 +8,8 @@
     pipeline submit jobs/x.yaml --address http://HEAD:8265 --wait   # a job on a Ray cluster
     pipeline status|logs|stop JOB_ID                   # watch or stop it
     pipeline schedule jobs/x.yaml --format crontab     # a crontab line, systemd units or a CronJob
+    pipeline eval jobs/eval/imdb_sentiment.yaml -n 200 --out imdb.json   # metrics on a labeled sample
+    pipeline eval --compare a.yaml b.yaml              # two variants, with a bootstrap interval
 
 Heavy imports (ray, vllm, torch) happen inside the commands, so --help is instant.
 """
@@ -168,6 +170,11 @@ def _print_summary(s) -> None:
         print(f"  prefix cache: {s.prefix_cache_hit_rate:.1%} of prompt tokens served from the cache")
     if s.commit_seconds is not None:
         print(f"  commits: {s.commit_seconds}s writing parts (summed over actors), {s.publish_seconds}s publishing")
+    if s.evaluation is not None:
+        from pipeline.eval.report import summary_lines
+
+        for line in summary_lines(s.evaluation.model_dump(mode="json", exclude_none=True)):
+            print(line)
     print(f"  wall time: {s.wall_seconds}s")
     if s.output and s.kind == "run":
         print(f"  summary: {s.output.rstrip('/')}/summary.json")
@@ -183,6 +190,89 @@ def cmd_retry_errors(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
     _print_summary(retry_errors(spec, kinds, force=args.force))
+    return ExitStatus.OK
+
+
+def _parse_label_map(text: Optional[str]) -> dict[str, str]:
+    from pipeline.errors import UsageError
+
+    out: dict[str, str] = {}
+    for item in _comma_list(text or ""):
+        gold, sep, label = item.partition("=")
+        if not sep or not gold.strip() or not label.strip():
+            raise UsageError(f"--label-map wants GOLD=LABEL pairs separated by commas, got {item!r}")
+        out[gold.strip()] = label.strip()
+    return out
+
+
+def _eval_spec(args: argparse.Namespace, spec_path: Optional[str], output: str):
+    """One variant's spec, with the gold column from the flags (if given) and only the graded tasks."""
+    from pydantic import ValidationError
+
+    from pipeline.config import JobSpec
+    from pipeline.errors import UsageError
+
+    args.spec, args.output = spec_path, output
+    spec = _spec_from_args(args)
+    data = spec.model_dump(mode="json")
+    ev = data.get("evaluation") or {}
+    if args.reference_field:
+        enabled = list(spec.tasks.enabled())
+        task = args.task or (enabled[0] if len(enabled) == 1 else None)
+        if task is None:
+            raise UsageError(f"--reference-field: say which task it grades (--task), one of {', '.join(enabled)}")
+        ev = {"references": {task: args.reference_field}, "label_map": ev.get("label_map") or {}}
+    elif args.task and ev.get("references"):
+        ev["references"] = {t: f for t, f in ev["references"].items() if t == args.task}
+    if not ev.get("references"):
+        raise UsageError("nothing to grade against: give --reference-field FIELD (the gold label or "
+                         "reference text column) or evaluation.references in the spec")
+    if args.label_map:
+        ev["label_map"] = _parse_label_map(args.label_map)
+    data["evaluation"] = ev
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(_validation_message(e, spec_path)) from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.errors import UsageError
+
+    if args.compare and args.spec:
+        raise UsageError("give either one spec or --compare A.yaml B.yaml (the other flags apply to both)")
+    if args.rows is not None and args.rows < 1:
+        raise UsageError("-n must be at least 1")
+    if args.output and "://" in args.output:
+        raise UsageError("--output of pipeline eval is a local folder (where the eval runs write)")
+    workdir = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="pipeline-eval-"))
+    sources = list(args.compare) if args.compare else [args.spec]
+    names = ["a", "b"] if args.compare else ["a"]
+    specs = [_eval_spec(args, src, str(workdir / n)) for src, n in zip(sources, names)]
+
+    from pipeline.eval.report import eval_text
+    from pipeline.eval.run import compare, evaluate
+
+    try:
+        results = [evaluate(spec, workdir, rows=args.rows, name=n, source=src or "flags", force=args.force)
+                   for spec, n, src in zip(specs, names, sources)]
+        result: dict[str, Any] = {"variants": {r.name: r.as_dict() for r in results}}
+        if len(results) == 2:
+            result["comparison"] = compare(*results, resamples=args.resamples)
+        print("\n" + eval_text(result), end="")
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"written: {args.out}")
+    finally:
+        if not args.output:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.output:
+        print(f"eval runs' outputs: {workdir}")
     return ExitStatus.OK
 
 
@@ -431,6 +521,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--kinds", default=",".join(RETRYABLE_KINDS), help="error kinds to retry (comma-separated)")
     p.set_defaults(func=cmd_retry_errors)
+
+    p = sub.add_parser("eval", help="grade tasks on a labeled or referenced sample; compare two variants",
+                       description="Run the task(s) over the input rows that have a gold label or reference text, "
+                       "through the normal batch path, and report accuracy/macro-F1 (sentiment), ROUGE-1/2/L and "
+                       "the lead-sentence baseline (summarization), chrF/BLEU (translation), and the share of "
+                       "outputs cut at max_tokens, empty or repeating themselves. --output DIR keeps the eval "
+                       "runs there (a rerun of the same variant computes nothing); default: a temporary folder.")
+    _add_job_args(p)
+    p.add_argument("--reference-field", metavar="FIELD", help="input column with the gold label or reference text "
+                   "(default: the spec's evaluation.references)")
+    p.add_argument("--task", help="the task FIELD grades (needed when several tasks are enabled)")
+    p.add_argument("--label-map", metavar="GOLD=LABEL,...", help="sentiment: gold values to labels, e.g. 1=positive,0=negative")
+    p.add_argument("-n", "--rows", type=int, help="grade the first N rows that have text and a gold value (default: all)")
+    p.add_argument("--compare", nargs=2, metavar=("A.yaml", "B.yaml"),
+                   help="two variants (prompts, models, sampling) over the same rows: differences with a paired "
+                   "bootstrap 95%% interval; the other flags apply to both")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --compare")
+    p.add_argument("--out", metavar="FILE.json", help="write the results as JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="validate a job spec and print it resolved; starts nothing")
     _add_job_args(p)

@@ -182,6 +182,26 @@ class ResourcesConfig(_Model):
     num_cpus: Optional[int] = Field(None, ge=1, description="Logical CPUs of the in-process local cluster.")
 
 
+class EvaluationConfig(_Model):
+    """Gold labels or reference texts in the input, to grade a run's outputs against.
+
+    Kept apart from `input` on purpose: the model never reads these columns, so they are
+    not part of the result fingerprint (adding or changing them never recomputes a run).
+    """
+
+    references: dict[str, str] = Field(
+        min_length=1,
+        description="Task -> input column holding its gold label (sentiment) or reference text (summarization, "
+        "translation), e.g. {sentiment: label}. The run summary then gives accuracy and macro-F1, ROUGE-1/2/L, "
+        "or chrF and BLEU against it.",
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Sentiment: gold values -> the task's labels, e.g. {'1': positive, '0': negative}. "
+        "Values not in the map are compared as written (case-insensitive).",
+    )
+
+
 class JobSpec(_Model):
     input: InputConfig
     output: OutputConfig
@@ -207,6 +227,18 @@ class JobSpec(_Model):
         from pipeline.ops.cron import check_cron
 
         return check_cron(v)
+
+    evaluation: Optional[EvaluationConfig] = Field(
+        None, description="Grade the outputs against gold columns of the input; metrics land in the run summary."
+    )
+
+    @model_validator(mode="after")
+    def _references_name_enabled_tasks(self) -> "JobSpec":
+        if self.evaluation is not None:
+            off = sorted(set(self.evaluation.references) - set(self.tasks.enabled()))
+            if off:
+                raise ValueError(f"evaluation.references names tasks that are not enabled: {', '.join(off)}")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "JobSpec":

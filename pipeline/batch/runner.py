@@ -17,6 +17,7 @@ from pipeline.batch.plan import RunError, RunPlan, make_plan  # noqa: F401 - re-
 from pipeline.batch.retry import RETRYABLE_KINDS, retry_errors  # noqa: F401 - re-exported
 from pipeline.batch.summary import RunSummary, throughput, totals
 from pipeline.config import JobSpec
+from pipeline.eval.run import evaluation_summary
 from pipeline.io.commit import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None) 
         wall_seconds=round(time.time() - t_start, 3),
         **counted,
         **throughput(computed, t_start),
+        evaluation=evaluation_summary(spec),
     )
     entry.update(status="published", finished_at=time.time(), summary=summary.to_json())
     store.write_json(plan.ledger_rel, entry)

@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.eval.records import RunEvaluation
 from pipeline.io.commit import ERRORS
 from pipeline.io.store import Store
 
@@ -66,6 +67,8 @@ class RunSummary(BaseModel):
     actor_prepare_seconds: Optional[float] = None
     actor_generate_seconds: Optional[float] = None
     actor_batch_seconds: Optional[float] = None
+    # Quality signals of every task's outputs; metrics against the spec's gold columns.
+    evaluation: Optional[RunEvaluation] = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -50,6 +50,7 @@ without `committed` to learn it.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -74,12 +75,15 @@ def read_units(
     cfg: InputConfig,
     rows_per_unit: int,
     committed: CommittedState | Iterable[str] = CommittedState(),
+    scalars: bool = False,
 ) -> Iterator[pa.Table]:
     """Stream one file; yield one ROW_SCHEMA table per commit unit that is not fully committed.
 
     `committed` is a `CommittedState`, or (the older form) the ids of fully committed units.
     Never raises for bad records or a broken stream: those become error rows (see the module
-    docstring for the read_error row and the file's row count).
+    docstring for the read_error row and the file's row count). `scalars=True` takes numbers
+    and booleans in the text field as their JSON text ("1", "true"): for reading gold labels
+    to evaluate against (pipeline.eval), never for text sent to a model.
     """
     if rows_per_unit < 1:
         raise ValueError("rows_per_unit must be >= 1")
@@ -106,6 +110,8 @@ def read_units(
     try:
         try:
             read, needs_random_access = reader_for(src.format)
+            if scalars and src.format in ("jsonl", "parquet"):  # CSV and text fields are always strings
+                read = functools.partial(read, scalars=True)
             if not needs_random_access:
                 stream = decompressed(raw, src.compression)
             else:

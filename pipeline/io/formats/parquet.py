@@ -31,7 +31,7 @@ def _is_text_type(t: pa.DataType) -> bool:
 
 
 def read(raw: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: Callable[[], int],
-         cursor: Cursor) -> Iterator[pa.Table]:
+         cursor: Cursor, scalars: bool = False) -> Iterator[pa.Table]:
     import pyarrow.parquet as pq
 
     pos = -1
@@ -59,6 +59,11 @@ def read(raw: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: 
         present = fields_list(names)
         text_type = pf.schema_arrow.field(text_field).type if has_text else None
         bad_type = text_type is not None and not _is_text_type(text_type)
+        # scalars: a numeric or boolean column read as text (gold labels such as 1/0)
+        cast_text = scalars and bad_type and (
+            pa.types.is_integer(text_type) or pa.types.is_floating(text_type) or pa.types.is_boolean(text_type)
+        )
+        bad_type = bad_type and not cast_text
         columns = [c for c in (text_field if has_text else None, id_field if has_id else None) if c]
         rpu = units.rpu
         start = 0
@@ -81,7 +86,10 @@ def read(raw: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tell: 
             else:
                 batches = [pa.record_batch([pa.nulls(rg_rows)], names=["_"])]
             for batch in batches:
-                texts = batch.column(text_field).to_pylist() if has_text and not bad_type else None
+                texts = None
+                if has_text and not bad_type:
+                    col = batch.column(text_field)
+                    texts = (col.cast(pa.string()) if cast_text else col).to_pylist()
                 ids = batch.column(id_field).to_pylist() if has_id else None
                 rows = units.rows
                 for i in range(batch.num_rows):
