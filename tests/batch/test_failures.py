@@ -81,8 +81,18 @@ def test_actor_or_engine_killed_midway_job_finishes_on_its_own(tmp_path, corpus,
     proc = start_cli("run", str(spec), log=tmp_path / "run.log")
     try:
         wait_for(lambda: committed_rows(out) >= len(ids) // 4, 600, "a quarter committed", proc)
-        victims = find_processes(victim, session=proc.pid)
-        assert victims, f"no {victim} process found"
+        # Between a batch's commit and the next, the process may be changing hands (an actor
+        # replaced, an engine starting): wait for one to exist rather than sample a single instant.
+        victims: list = []
+
+        def found() -> bool:
+            victims[:] = find_processes(victim, session=proc.pid)
+            return bool(victims)
+
+        try:
+            wait_for(found, 60, f"a {victim} process of the run", proc)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{(tmp_path / 'run.log').read_text()[-4000:]}") from None
         for p in victims:
             p.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=900) == 0, (tmp_path / "run.log").read_text()[-5000:]
