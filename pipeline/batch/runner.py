@@ -31,25 +31,36 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None, 
     plan = make_plan(spec, force=force)
     store = plan.store
     done = _published(plan)
-    if done is not None:
+    if done is not None and not store.exists(f"{plan.committer.staging}/_publish.json"):
         logger.info("run %s is already published in %s: nothing to do (use --force to recompute)", plan.run_id, spec.output.path)
         return done.model_copy(update={"status": "up-to-date", "rows_computed": 0, "wall_seconds": round(time.time() - t_start, 3)})
     if not plan.sources:
         logger.info("no input files to process")
         return RunSummary(run_id=plan.run_id, status="up-to-date", output=spec.output.path)
     with WriterLease(store, owner=plan.run_id, command="run", ttl_s=spec.output.lease_ttl_s, wait=wait) as lease:
+        done = _published(plan)  # again: the writer we waited for may have been this same run
+        if done is not None:
+            store.delete_dir(plan.committer.staging)  # a publish killed after its switch: its leftovers
+            return done.model_copy(update={"status": "up-to-date", "rows_computed": 0, "wall_seconds": round(time.time() - t_start, 3)})
         summary = _run_locked(plan, lease, interactive, t_start)
         housekeeping(plan, lease)
     return summary
 
 
 def _published(plan: RunPlan) -> Optional[RunSummary]:
-    raw = plan.store.read_json(plan.ledger_rel)
+    """This run's summary if the published version holds its rows for every input file
+    (the manifest says so even when the run was killed before its ledger did)."""
     manifest = read_manifest(plan.store)
-    if raw and raw.get("status") == "published" and manifest and plan.run_id in manifest.runs:
-        entry = LedgerEntry.model_validate(raw)
-        return RunSummary.model_validate({**entry.summary, "run_id": plan.run_id})
-    return None
+    if manifest is None or plan.run_id not in manifest.runs:
+        return None
+    for s in plan.sources:
+        e = manifest.sources.get(s.uri)
+        if e is None or e.run_id != plan.run_id or e.fingerprint != s.fingerprint:
+            return None
+    raw = plan.store.read_json(plan.ledger_rel)
+    entry = LedgerEntry.model_validate(raw) if raw else _ledger(plan, 0.0)
+    return RunSummary.model_validate({**entry.summary, "run_id": plan.run_id, "status": "published",
+                                      "output": plan.spec.output.path})
 
 
 def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], t_start: float) -> RunSummary:
@@ -111,6 +122,7 @@ def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], 
     entry = entry.model_copy(update={"summary": summary.to_json()})
     store.write_json(plan.ledger_rel, entry)
     manifest = committer.publish(publish, lease)
+    fault_point("publish-ledger")
     summary = summary.model_copy(update={
         "version": manifest.version,
         "publish_seconds": round(time.perf_counter() - t_pub, 3),

@@ -98,6 +98,10 @@ def fault_point(name: str) -> None:
     """Crash here (os._exit(86), as a kill would: no cleanup) when PIPELINE_FAULT names
     this point: `name:i` at its i-th hit in this process (0-based), `any:k` at the k-th
     fault point hit of any name. How the tests kill a run inside its commit phase."""
+    trace = os.environ.get("PIPELINE_FAULT_TRACE")
+    if trace:  # the tests draw random kill points among the points a run passes
+        with open(trace, "a") as f:
+            f.write(name + "\n")
     spec = os.environ.get("PIPELINE_FAULT")
     if not spec:
         return

@@ -14,6 +14,7 @@ Environment:
     PIPELINE_FAKE_SEED    batches in flight finish in an order drawn from this seed (default 0)
     PIPELINE_FAKE_DELAY   seconds each batch takes (keeps a run alive while a test acts)
     PIPELINE_FAKE_FAIL    rows whose text holds this string fail with generation_error
+    PIPELINE_FAKE_READ_AHEAD  1: read every file before computing (as Ray's read stage runs ahead)
     PIPELINE_FAULT        kill points (pipeline.io.commit.fault_point)
 """
 
@@ -65,7 +66,8 @@ def execute_local(plan, parts, interactive: Optional[bool], select: Optional[dic
     def batches():  # Ray Data cuts the stream into batch_rows rows, across units and files
         pending: list[pa.Table] = []
         n = 0
-        for t in tables():
+        stream = list(tables()) if os.environ.get("PIPELINE_FAKE_READ_AHEAD") == "1" else tables()
+        for t in stream:
             pending.append(t)
             n += t.num_rows
             while n >= spec.engine.batch_rows:

@@ -25,7 +25,16 @@ def fake_model(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "fake": True}))
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "tokenizer.json").write_text("{}")
     return folder
+
+
+def error_line(p: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed for a person (a traceback would be more)."""
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), p.stderr[-3000:]
+    assert not any(line.startswith("Traceback") for line in lines), p.stderr[-3000:]
+    return lines[-1]
 
 
 def fake_cmd(*args: str) -> list[str]:
@@ -46,10 +55,10 @@ def start_fake(*args: str, log: Path, env: Optional[dict] = None) -> subprocess.
                             start_new_session=True)
 
 
-def task_ids(out: str, task: str) -> list[str]:
-    """Row ids of one task in the published version: results, then error records."""
-    ok = read_dataset(str(out), task)["row_id"].to_pylist()
-    err = read_dataset(str(out), "errors")
+def task_ids(out: str, task: str, version: Optional[int] = None) -> list[str]:
+    """Row ids of one task in the published version (or in `version`): results, then error records."""
+    ok = read_dataset(str(out), task, version=version)["row_id"].to_pylist()
+    err = read_dataset(str(out), "errors", version=version)
     err = err.filter(pc.equal(err["task"], task))["row_id"].to_pylist()
     return ok + err
 
