@@ -371,16 +371,24 @@ class RunCommitter:
             for p in ps:
                 for dataset, pf in p.files.items():
                     staged[dataset].append((pf.path, pf.bytes))
-            files = list(keep)
             key = _source_key(s.uri)
             for dataset, items in sorted(staged.items()):
-                for i, srcs in enumerate(_bins(items, self.target_bytes)):
+                # A retry adds a few rows to a file's datasets: merge them with its small
+                # published files rather than adding a file per retry.
+                olds = [f for f in keep if posixpath.dirname(f) == dataset]
+                keep = [f for f in keep if f not in olds]
+                sized = [(f, self._size(f)) for f in olds] + items
+                for i, srcs in enumerate(_bins(sized, self.target_bytes)):
+                    if len(srcs) == 1 and srcs[0] in olds:
+                        keep.append(srcs[0])  # stays as it is
+                        continue
                     if len(srcs) == 1:
                         dst = f"{dataset}/{posixpath.basename(srcs[0])}"
                     else:
                         dst = f"{dataset}/part-{self.run_id}-{key}-{plan_id}-{i:04d}.parquet"
                     steps.append(PublishStep(srcs=srcs, dst=dst))
-                    files.append(dst)
+                    keep.append(dst)
+            files = keep
             touched[s.uri] = self._entry(s, ps, prepared.coverage.get(s.uri), sorted(files))
         drop = sorted({f for u in touched for f in (base.sources[u].files if base and u in base.sources else [])}
                       - {f for e in touched.values() for f in e.files})
@@ -389,6 +397,12 @@ class RunCommitter:
         return PublishPlan(plan_id=plan_id, run_id=self.run_id, kind=kind, append=append,
                            base_version=base.version if base else 0, steps=steps, touched=touched,
                            drop_files=drop, meta=meta, manifest=manifest)
+
+    def _size(self, rel: str) -> int:
+        import pyarrow.fs as pafs
+
+        info = self.store.fs.get_file_info(self.store.path(rel))
+        return info.size if info.type == pafs.FileType.File and info.size is not None else self.target_bytes
 
     def _entry(self, s: SourceSpec, parts: list[PartRecord], cov: Optional[FileCoverage], files: list[str]) -> SourceEntry:
         if cov is None:  # a retry of chosen rows' tasks only: coverage unchanged
