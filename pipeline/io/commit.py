@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -92,6 +93,7 @@ def part_key(unit: str, first_position: int) -> str:
 
 # -- fault injection -----------------------------------------------------------------
 _fault_hits: dict[str, int] = defaultdict(int)
+_fault_lock = threading.Lock()
 
 
 def fault_point(name: str) -> None:
@@ -105,10 +107,11 @@ def fault_point(name: str) -> None:
     spec = os.environ.get("PIPELINE_FAULT")
     if not spec:
         return
-    n = _fault_hits[name]
-    _fault_hits[name] += 1
-    total = _fault_hits["*"]
-    _fault_hits["*"] += 1
+    with _fault_lock:  # publish steps run on several threads
+        n = _fault_hits[name]
+        _fault_hits[name] += 1
+        total = _fault_hits["*"]
+        _fault_hits["*"] += 1
     for item in spec.split(","):
         what, _, at = item.strip().partition(":")
         if (what == name and at == str(n)) or (what == "any" and at == str(total)):
@@ -436,9 +439,15 @@ class RunCommitter:
 
     def execute_publish(self, plan: PublishPlan, lease: Any = None, rebases: int = 5) -> Manifest:
         """Idempotent, so a publish killed at any step is finished by running it again."""
-        for i, step in enumerate(plan.steps):
+        def do(step: PublishStep) -> None:
             fault_point("publish-step")
             self._do_step(step)
+
+        # Steps are independent and bound by storage round trips (S3 copies, merges): overlap them.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(plan.steps)))) as pool:
+            list(pool.map(do, plan.steps))
         manifest = plan.manifest
         for attempt in range(rebases + 1):
             if lease is not None:
