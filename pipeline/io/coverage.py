@@ -59,23 +59,39 @@ class Overlaps:
 
 
 def resolve_overlaps(parts: Iterable[PartRecord], held: Optional[dict[str, RangeSet]] = None) -> Overlaps:
-    """First committed wins, position by position. `held`: positions already published per
-    file (kept by this publish), which no part may hold again."""
+    """First committed wins, position by position, except that a read error gives way to any
+    row that holds its position (a later attempt that could read the file again replaces
+    it). `held`: positions already published per file (kept by this publish), which no
+    part may hold again."""
     out = Overlaps()
     taken: dict[str, RangeSet] = defaultdict(RangeSet, {k: v for k, v in (held or {}).items()})
+    remove: dict[str, RangeSet] = defaultdict(RangeSet)
+    order = []
     for p in sorted(parts, key=lambda p: (p.committed_at, p.key)):
         if p.tasks is not None:  # retry parts add tasks to rows that are held already
             out.keep.append(p)
-            continue
-        mine = p.position_set()
-        dup = mine & taken[p.source]
-        if not dup:
+        else:
+            order.append(p)
+    for p in order:
+        real = p.position_set() - RangeSet.of(e[0] for e in p.read_errors)
+        dup = real & taken[p.source]
+        if dup:
+            remove[p.key] = remove[p.key] | dup
+        taken[p.source] = taken[p.source] | real
+    for p in order:
+        for q, _ in p.read_errors:
+            if q in taken[p.source]:
+                remove[p.key] = remove[p.key] | RangeSet([(q, q)])
+            else:
+                taken[p.source] = taken[p.source] | RangeSet([(q, q)])
+    for p in order:
+        gone = remove.get(p.key)
+        if not gone:
             out.keep.append(p)
-        elif dup == mine:
+        elif gone == p.position_set():
             out.drop.append(p)
         else:
-            out.trim.append((p, dup))
-        taken[p.source] = taken[p.source] | mine
+            out.trim.append((p, gone))
     return out
 
 
@@ -152,15 +168,17 @@ def check_selected(source: str, parts: list[PartRecord], selected: RangeSet) -> 
 def full_units(parts: Iterable[PartRecord]) -> dict[str, dict[str, dict]]:
     """Resume state per input file, per unit: is it whole (the reader can skip it) and which
     positions of it are committed (the read stage drops them). A unit that holds a read
-    error is never whole: its `unit_rows` came from a read that broke inside it."""
+    error is never whole (its `unit_rows` came from a read that broke inside it), and the
+    error's own position is not passed as committed: the next attempt reads on from there,
+    and its rows replace the error (`resolve_overlaps`)."""
     by_unit: dict[tuple[str, str], list[PartRecord]] = defaultdict(list)
     for p in parts:
         by_unit[(p.source, p.unit)].append(p)
     state: dict[str, dict[str, dict]] = defaultdict(dict)
     for (source, unit), ps in by_unit.items():
         held = RangeSet()
-        for p in ps:
-            held = held | p.position_set()
+        for p in ps:  # a read error's row is not held: the next attempt reads on from there
+            held = held | (p.position_set() - RangeSet.of(e[0] for e in p.read_errors))
         clean = [p.unit_rows for p in ps if not p.read_errors and p.tasks is None]
         whole = bool(clean) and not any(p.read_errors for p in ps) and len(held) == max(clean)
         state[source][unit] = {"full": whole, "ranges": held.ranges()}

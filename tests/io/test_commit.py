@@ -269,3 +269,18 @@ def test_store_writes_are_atomic_and_list_skips_temp_files(tmp_path):
     data, tag = store.read_tagged("y/new")
     assert store.replace_if("y/new", b"3", "stale-tag") is None
     assert store.replace_if("y/new", b"3", tag) is not None and store.read_bytes("y/new") == b"3"
+
+
+def test_a_later_read_replaces_a_read_error(tmp_path):
+    """A run killed after its read broke at position 3; the rerun could read on from there:
+    its rows replace the read error (the resume state does not pass the error's row as committed)."""
+    from pipeline.io.coverage import full_units
+
+    c = RunCommitter(Store(str(tmp_path)), "r1")
+    first = commit(c, "a", range(0, 3), read_error=3)
+    assert full_units([first])["a"]["a-00000000"] == {"full": False, "ranges": [[0, 2]]}
+    time.sleep(0.01)
+    commit(c, "a", range(3, 10), file_rows=10)
+    m = publish(c, ["a"])
+    assert m.sources["a"].read_errors == [] and m.sources["a"].rows == 10
+    assert ids(tmp_path) == sorted(f"a:{i}" for i in range(10)) and "errors" not in m.datasets
