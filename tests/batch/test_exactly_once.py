@@ -281,3 +281,45 @@ def test_commit_error_is_one_line(tmp_path, model):
     assert p.returncode == ExitStatus.FAILED
     assert "nothing was published" in error_line(p)
     assert read_manifest(Store(str(out))) is None
+
+
+def test_a_writer_whose_lease_was_taken_publishes_nothing(tmp_path, model):
+    """A driver cut off long enough for its lease to expire (here: the lease overwritten by
+    another writer mid-run) must not publish when it comes back: the zombie's run fails."""
+    corpus = tmp_path / "corpus"
+    write_jsonl_corpus(corpus, {"a.jsonl": 40})
+    out = tmp_path / "out"
+    spec = job(tmp_path, model, [corpus])
+    zombie = start_fake("run", str(spec), log=tmp_path / "zombie.log", env={"PIPELINE_FAKE_DELAY": "0.3"})
+    try:
+        deadline = time.monotonic() + 30
+        while not list(out.glob("_staging/*/_commits/*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _lease_of_another_host(out, heartbeat_age=0)  # the new holder
+        assert zombie.wait(timeout=60) == ExitStatus.FAILED
+    finally:
+        if zombie.poll() is None:
+            zombie.kill()
+    assert "lost its lease" in (tmp_path / "zombie.log").read_text()
+    assert read_manifest(Store(str(out))) is None
+
+
+def test_gc_verb_removes_what_no_version_needs(tmp_path, model):
+    corpus = tmp_path / "corpus"
+    write_jsonl_corpus(corpus, {"a.jsonl": 30})
+    out = tmp_path / "out"
+    spec = job(tmp_path, model, [corpus])
+    run_fake("run", str(spec))
+    first = read_manifest(Store(str(out))).files()
+    ids = write_jsonl_corpus(corpus, {"a.jsonl": 33})  # changed: the next run replaces version 1
+    assert run_fake("run", str(spec), "--batch-rows", "7", env={"PIPELINE_FAULT": "commit-record:1"},
+                    check=False).returncode == 86
+    run_fake("run", str(spec), "--rows-per-unit", "11", env={"PIPELINE_FAULT": "commit-record:0"}, check=False)
+    run_fake("run", str(spec))  # publishes version 2; version 1's files stay (retention)
+    assert all((out / f).exists() for f in first)
+    p = run_fake("gc", str(out), "--retention-hours", "0", "--dry-run")
+    assert "would remove: " in p.stdout and all((out / f).exists() for f in first)
+    p = run_fake("gc", str(out), "--retention-hours", "0")
+    assert not any((out / f).exists() for f in first)
+    assert "1 abandoned staging folders" in p.stdout  # the --rows-per-unit 11 run (another run id)
+    assert_exactly_once(out, ids)
