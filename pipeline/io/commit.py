@@ -284,8 +284,7 @@ class RunCommitter:
         return problems, coverage
 
     def rewrite_part(self, part: PartRecord, drop: RangeSet = RangeSet(),
-                     errors: Optional[dict[int, tuple[str, str]]] = None,
-                     tasks: Iterable[str] = ()) -> Optional[PartRecord]:
+                     errors: Optional[dict[int, tuple[str, str]]] = None) -> Optional[PartRecord]:
         """Replace a committed part by one without the rows at `drop`, and with rows at
         `errors` (position -> (kind, message)) turned into error records for every task.
         The new record replaces the old in one atomic write (same key, new files)."""

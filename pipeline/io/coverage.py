@@ -67,11 +67,20 @@ def resolve_overlaps(parts: Iterable[PartRecord], held: Optional[dict[str, Range
     taken: dict[str, RangeSet] = defaultdict(RangeSet, {k: v for k, v in (held or {}).items()})
     remove: dict[str, RangeSet] = defaultdict(RangeSet)
     order = []
+    retried: dict[str, RangeSet] = defaultdict(RangeSet)
     for p in sorted(parts, key=lambda p: (p.committed_at, p.key)):
-        if p.tasks is not None:  # retry parts add tasks to rows that are held already
-            out.keep.append(p)
-        else:
+        if p.tasks is None:
             order.append(p)
+            continue
+        # retry parts add tasks to rows that are held already: they overlap only each other
+        dup = p.position_set() & retried[p.source]
+        if not dup:
+            out.keep.append(p)
+        elif dup == p.position_set():
+            out.drop.append(p)
+        else:
+            out.trim.append((p, dup))
+        retried[p.source] = retried[p.source] | p.position_set()
     for p in order:
         real = p.position_set() - RangeSet.of(e[0] for e in p.read_errors)
         dup = real & taken[p.source]
