@@ -35,22 +35,23 @@ def test_real_engine_into_s3_killed_resumed_second_writer_busy(tmp_path, tiny_mo
     bucket = "e2e-" + uuid.uuid4().hex[:8]
     s3_server.create_bucket(bucket)
     out = f"s3://{bucket}/out"
-    ids = write_jsonl_corpus(tmp_path / "corpus", {f"p{i}.jsonl": 40 for i in range(3)})
+    ids = write_jsonl_corpus(tmp_path / "corpus", {f"p{i}.jsonl": 100 for i in range(3)})
     spec = write_spec(
         tmp_path / "job.yaml",
         input={"paths": [str(tmp_path / "corpus")], "id_field": "id"},
         output={"path": out, "rows_per_unit": 20},
-        tasks={"sentiment": {}, "summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 24}}},
+        tasks={"sentiment": {}, "summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 32}}},
         model={"path": str(tiny_model)},
         engine={"max_model_len": 512, "batch_rows": 8},
     )
     store = Store(out)
     proc = start_cli("run", str(spec), log=tmp_path / "run1.log")
     try:
-        wait_for(lambda: committed_rows_s3(store) >= len(ids) // 3, 600, "a third committed", proc)
+        wait_for(lambda: committed_rows_s3(store) >= 16, 600, "a first batch committed", proc)
         second = run_cli("run", str(spec), check=False)
         assert second.returncode == ExitStatus.BUSY, second.stderr[-3000:]
         assert "output busy: run " in second.stderr
+        wait_for(lambda: committed_rows_s3(store) >= len(ids) // 3, 600, "a third committed", proc)
     finally:
         kill_group(proc)
     done_at_kill = committed_rows_s3(store)
