@@ -40,7 +40,11 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None, 
     with WriterLease(store, owner=plan.run_id, command="run", ttl_s=spec.output.lease_ttl_s, wait=wait) as lease:
         done = _published(plan)  # again: the writer we waited for may have been this same run
         if done is not None:
-            store.delete_dir(plan.committer.staging)  # a publish killed after its switch: its leftovers
+            # a publish killed after its switch: its leftovers, and a ledger that lagged
+            store.delete_dir(plan.committer.staging)
+            raw = store.read_json(plan.ledger_rel) or {}
+            if raw.get("status") != "published":
+                _mark_published(plan, done)
             return done.model_copy(update={"status": "up-to-date", "rows_computed": 0, "wall_seconds": round(time.time() - t_start, 3)})
         summary = _run_locked(plan, lease, interactive, t_start)
         housekeeping(plan, lease)
@@ -72,12 +76,12 @@ def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], 
     if pending is not None:  # a publish was interrupted: finish it, nothing to compute
         logger.info("finishing the interrupted publish of run %s", plan.run_id)
         manifest = committer.execute_publish(pending, lease)
-        entry = (entry or _ledger(plan, t_start)).model_copy(update={"status": "published", "finished_at": time.time()})
-        store.write_json(plan.ledger_rel, entry)
-        return RunSummary.model_validate(
-            {**entry.summary, "run_id": plan.run_id, "output": spec.output.path, "status": "published",
-             "rows_computed": 0, "version": manifest.version}
+        summary = RunSummary.model_validate(
+            {**(entry.summary if entry else {}), "run_id": plan.run_id, "output": spec.output.path,
+             "status": "published", "rows_computed": 0, "version": manifest.version}
         )
+        _mark_published(plan, summary)
+        return summary
 
     parts = committer.committed_parts()
     if parts:
@@ -128,10 +132,17 @@ def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], 
         "publish_seconds": round(time.perf_counter() - t_pub, 3),
         "wall_seconds": round(time.time() - t_start, 3),
     })
-    entry = entry.model_copy(update={"status": "published", "finished_at": time.time(), "summary": summary.to_json()})
-    store.write_json(plan.ledger_rel, entry)
-    store.write_json("summary.json", summary.to_json())
+    _mark_published(plan, summary, entry)
     return summary
+
+
+def _mark_published(plan: RunPlan, summary: RunSummary, entry: Optional[LedgerEntry] = None) -> None:
+    if entry is None:
+        raw = plan.store.read_json(plan.ledger_rel)
+        entry = LedgerEntry.model_validate(raw) if raw else _ledger(plan, time.time())
+    entry = entry.model_copy(update={"status": "published", "finished_at": time.time(), "summary": summary.to_json()})
+    plan.store.write_json(plan.ledger_rel, entry)
+    plan.store.write_json("summary.json", summary.to_json())
 
 
 def _ledger(plan: RunPlan, started_at: float) -> LedgerEntry:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from clijob import write_jsonl_corpus, write_spec
-from harness import TASKS, assert_exactly_once, fake_model, run_fake, task_ids
+from harness import TASKS, assert_exactly_once, fake_model, run_fake, summary, task_ids
 from pipeline.io.manifest import read_manifest
 from pipeline.io.store import Store
 
@@ -117,3 +117,13 @@ def test_killed_at_a_named_step_then_rerun(setup, tmp_path, fault):
 def test_killed_at_a_random_point_then_rerun(setup, tmp_path, seed):
     k = random.Random(seed).randrange(len(setup["points"]))
     _kill_then_rerun(setup, tmp_path, f"any:{k}", seed)
+
+
+def test_the_summary_of_a_publish_finished_by_the_rerun_is_the_run_s(setup, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(setup["dir"] / "base", out)
+    p = run_fake("run", str(setup["spec"]), "--output", str(out), env={"PIPELINE_FAULT": "publish-step:1"}, check=False)
+    assert p.returncode == 86
+    run_fake("run", str(setup["spec"]), "--output", str(out))
+    s = summary(out)
+    assert s["status"] == "published" and s["rows"] == len(setup["new"]) and s["version"] == 2
