@@ -178,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         spec.rows = rows.get(spec.name, spec.rows)
         wl_dir = work / ("quick" if args.quick else "full") / spec.name
-        wl = build(wl_dir, spec.name, paths[spec.model], spec.rows, spec.words, spec.sampling or {"max_tokens": 64},
+        build(wl_dir, spec.name, paths[spec.model], spec.rows, spec.words, spec.sampling or {"max_tokens": 64},
                    engine=spec.engine, prompt=spec.prompt)
         entry = {"what": spec.what, "rows": spec.rows, "model": spec.model, "sampling": spec.sampling, "results": {}}
         runs: list[tuple[str, str, Optional[dict]]] = [(s, s, None) for s in spec.systems if not pick or s in pick]

@@ -3,6 +3,7 @@
     pipeline run jobs/sample.yaml                      # a job spec
     pipeline run --input DATA --output OUT --tasks sentiment,translation --target-lang fr
     pipeline runs OUT                                  # the ledger of runs of an output
+    pipeline gc OUT                                    # delete what the output no longer needs
     pipeline models pull                               # prepare the default model once
     pipeline validate jobs/sample.yaml                 # check a spec, start nothing
     pipeline submit jobs/x.yaml --address http://HEAD:8265 --wait   # a job on a Ray cluster
@@ -135,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     from pipeline.batch.runner import run
 
-    _print_summary(run(spec, force=args.force))
+    _print_summary(run(spec, force=args.force, wait=args.wait))
     return ExitStatus.OK
 
 
@@ -150,7 +151,10 @@ def _print_summary(s) -> None:
         print(f"  {task:<14} ok {c.ok:>8,}   failed {c.error:>6,}{cut}")
     if s.error_kinds:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(s.error_kinds.items()))
-        print(f"  error records by kind: {kinds}  (see errors/)")
+        print(f"  error records by kind (rows x tasks): {kinds}  (see errors/)")
+    if s.read_errors_of_unknown_extent:
+        print(f"  {s.read_errors_of_unknown_extent} input file(s) could not be read to their end and their record "
+              "count is unknown: their read error stands for the rest of the file (retry-errors --kinds read_error)")
     print(f"  tokens in {s.prompt_tokens:,}  out {s.output_tokens:,}")
     if s.rows_per_second is not None:
         print(f"  throughput: {s.rows_per_second:,} rows/s, {s.output_tokens_per_second:,} output tok/s "
@@ -189,7 +193,7 @@ def cmd_retry_errors(args: argparse.Namespace) -> int:
     unknown = sorted(set(kinds) - {k.value for k in ErrorKind})
     if unknown:
         raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
-    _print_summary(retry_errors(spec, kinds, force=args.force))
+    _print_summary(retry_errors(spec, kinds, force=args.force, wait=args.wait))
     return ExitStatus.OK
 
 
@@ -287,8 +291,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from pipeline.io.store import Store
 
     store = Store(args.output)
-    manifest = read_manifest(store) or {}
-    published = set(manifest.get("runs", []))
+    manifest = read_manifest(store)
+    published = set(manifest.runs if manifest else [])
     entries = [store.read_json(rel) for rel in store.list("_runs", suffix=".json")]
     entries = sorted((e for e in entries if e), key=lambda e: e.get("started_at", 0))
     if args.json:
@@ -303,8 +307,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
         live = "yes" if e["run_id"] in published else ""
         print(f"{e['run_id']:<14}{e.get('status', '?'):<12}{live:<6}{len(e.get('inputs', [])):>6}{rows:>10}  {started}")
     if manifest:
-        print(f"published version {manifest.get('version')}")
+        print(f"published version {manifest.version}")
+    from pipeline.io.lease import read_lease
+
+    lease = read_lease(store)
+    if lease is not None and not lease.released:
+        import time
+
+        print(f"writer: {lease.describe(time.time())}")
     return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from pipeline.io.housekeeping import collect_garbage
+    from pipeline.io.lease import WriterLease
+    from pipeline.io.store import Store
+
+    store = Store(args.output)
+    with WriterLease(store, owner="gc", command="gc", wait=args.wait):
+        report = collect_garbage(store, args.retention_hours * 3600, dry_run=args.dry_run)
+    print(("would remove: " if args.dry_run else "removed: ") + report.line())
+    return ExitStatus.OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -504,6 +527,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="run: recompute even if this exact run is already published; "
                         "retry-errors: retry even though the spec differs from the published configuration")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing the output, wait for it instead of exiting with status 3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,6 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("gc", help="delete files no version within the retention needs, abandoned staging, temp files")
+    p.add_argument("output")
+    p.add_argument("--retention-hours", type=float, default=168.0,
+                   help="keep anything younger than this (default 168: a week, as the jobs' default)")
+    p.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    p.add_argument("--wait", action="store_true", help="wait for a writer holding the output")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("models", help="the default model: prepare it ('pull') or print its path")
     p.add_argument("action", choices=["pull", "path"])

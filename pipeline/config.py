@@ -61,6 +61,12 @@ class InputConfig(_Model):
         1.0, ge=0, description="Wait before the first retry; doubled for each further one (with jitter)."
     )
     retry_backoff_max_s: float = Field(30.0, ge=0, description="Longest wait between two retries.")
+    duplicate_ids: Literal["error", "fail"] = Field(
+        "error",
+        description="With id_field: a row whose id an earlier row already has (1 and \"1\" are the same id). "
+        "'error': the first occurrence is kept, later ones become duplicate_id error records; 'fail': the run "
+        "fails before publishing, naming them.",
+    )
 
 
 TRANSPORT_FIELDS = ("connect_timeout_s", "read_timeout_s", "read_retries", "retry_backoff_s", "retry_backoff_max_s")
@@ -72,6 +78,21 @@ class OutputConfig(_Model):
         1000,
         ge=1,
         description="Rows per commit unit: the granularity of atomic commits and of resume after a crash.",
+    )
+    target_file_mib: float = Field(
+        64, gt=0, description="Published files of one input file are merged up to about this size (fewer, larger files)."
+    )
+    retention_hours: float = Field(
+        168,
+        ge=0,
+        description="Files of replaced versions, abandoned staging folders and temp files are deleted once older "
+        "than this (readers of the previous version keep working meanwhile; a killed run resumes within it).",
+    )
+    lease_ttl_s: float = Field(
+        60,
+        gt=0,
+        description="A writer's lease on the output expires this long after its last heartbeat, so a crashed "
+        "driver's output is taken over (at once on the same host); keep it well above clock skew between hosts.",
     )
 
 

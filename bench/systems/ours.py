@@ -3,7 +3,6 @@ pool, commit Parquet parts, publish. The run happens in this process (it is the 
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from typing import Any

@@ -15,13 +15,13 @@ import os
 import threading
 import time
 import uuid
-from collections import defaultdict
 from typing import Any, Optional
 
 import pyarrow as pa
 
 from pipeline.config import JobSpec
-from pipeline.io.commit import ERROR_SCHEMA, ERRORS, RunCommitter, part_key
+from pipeline.batch.parts import build_part, requests, split_batch
+from pipeline.io.commit import RunCommitter
 from pipeline.io.store import Store
 from pipeline.tasks import build_tasks
 from pipeline.tasks.execute import ExecContext, TaskResult, execute
@@ -113,39 +113,23 @@ class InferenceActor:
         t_call = time.perf_counter()
         timing = {"prepare_seconds": 0.0, "generate_seconds": 0.0}
         cols = batch.to_pydict()
-        parts: dict[str, list[int]] = defaultdict(list)
-        for i, unit in enumerate(cols["unit"]):
-            parts[unit].append(i)
+        todo, skipped = split_batch(self.committer, cols)
+        meta = []
+        for piece in skipped:  # a retried batch: an earlier attempt committed these rows
+            bytes_read = sum(cols["bytes_read"][i] for i in piece.idx)
+            meta.append(self._meta(piece.key, piece.unit, len(piece.idx), True, {}, 0, 0, bytes_read))
 
-        todo, meta = [], []
-        for unit, idx in parts.items():
-            key = part_key(unit, min(cols["position"][i] for i in idx))
-            bytes_read = sum(cols["bytes_read"][i] for i in idx)
-            if self.committer.is_committed(key):  # a retried batch: this part is done
-                meta.append(self._meta(key, unit, len(idx), True, {}, 0, 0, bytes_read))
-            else:
-                todo.append((key, unit, idx, bytes_read))
-
-        rows = [i for _, _, idx, _ in todo for i in idx]
+        rows = [i for piece in todo for i in piece.idx]
         results = await self._infer(cols, rows, timing)
 
-        for key, unit, idx, bytes_read in todo:
-            tables, counts, ptoks, otoks = self._part_tables(cols, idx, results)
-            first, last = min(cols["position"][i] for i in idx), max(cols["position"][i] for i in idx)
-            record = {
-                "unit": unit,
-                "source": cols["source"][idx[0]],
-                "first_position": first,
-                "last_position": last,
-                "rows": len(idx),
-                "unit_rows": cols["unit_rows"][idx[0]],
-                "counts": counts,
-                "prompt_tokens": ptoks,
-                "output_tokens": otoks,
-            }
+        for piece in todo:
+            record, tables = build_part(piece, cols, self.tasks, results, self.model_name, self.run_id)
             t0 = time.perf_counter()
-            self.committer.commit_part(key, tables, record)
-            meta.append(self._meta(key, unit, len(idx), False, counts, ptoks, otoks, bytes_read))
+            self.committer.commit_part(record, tables)
+            counts = {t: c.model_dump() for t, c in record.counts.items()}
+            bytes_read = sum(cols["bytes_read"][i] for i in piece.idx)
+            meta.append(self._meta(piece.key, piece.unit, record.rows, False, counts, record.prompt_tokens,
+                                   record.output_tokens, bytes_read))
             meta[-1]["commit_seconds"] = time.perf_counter() - t0
         if self.progress is not None and todo:
             self.progress.engine_metrics.remote(self.instance, self.engine.metrics())
@@ -171,19 +155,8 @@ class InferenceActor:
         """(row, task) -> TaskResult for every row and task the batch needs. Each (row, task)
         is one `execute` coroutine (pipeline.tasks.execute, shared with the Serve endpoint);
         all of them are in the engine together, so continuous batching always has work."""
-        out: dict[tuple[int, int], TaskResult] = {}
-        keys, coros = [], []
-        only = cols.get("only_tasks")  # set by retry runs: the tasks this row still needs
-        for i in rows:
-            kind = cols["error_kind"][i]
-            for t, task in enumerate(self.tasks):
-                if only is not None and only[i] is not None and task.name not in only[i].split(","):
-                    continue
-                if kind:  # the reader already failed this row: its error stands for every task
-                    out[(i, t)] = TaskResult.failure(task.name, kind, cols["error_message"][i])
-                    continue
-                keys.append((i, t))
-                coros.append(execute(task, cols["text"][i], self.engine, self.ctx))
+        keys, out = requests(cols, rows, self.tasks)
+        coros = [execute(self.tasks[t], cols["text"][i], self.engine, self.ctx) for i, t in keys]
         t0 = time.perf_counter()
         results = await asyncio.gather(*coros, return_exceptions=True)
         timing["generate_seconds"] += time.perf_counter() - t0
@@ -195,40 +168,6 @@ class InferenceActor:
             out[key] = r
             timing["prepare_seconds"] += r.timings.get("render", 0.0)
         return out
-
-    # -- output ---------------------------------------------------------------------
-    def _part_tables(self, cols, idx, results: dict[tuple[int, int], TaskResult]):
-        counts: dict[str, dict[str, int]] = {}
-        ptoks = otoks = 0
-        tables: dict[str, pa.Table] = {}
-        err_rows: list[dict[str, Any]] = []
-        only = cols.get("only_tasks")
-        for t, task in enumerate(self.tasks):
-            ok_rows = []
-            n_err = n_cut = 0
-            expected = 0
-            for i in idx:
-                if only is not None and only[i] is not None and task.name not in only[i].split(","):
-                    continue
-                expected += 1
-                r = results.get((i, t))
-                if r is None:
-                    continue
-                base = {"row_id": cols["row_id"][i], "source": cols["source"][i], "position": cols["position"][i], "task": task.name}
-                ptoks += r.prompt_tokens
-                otoks += r.output_tokens
-                if r.ok:
-                    ok_rows.append({**base, "model": self.model_name, "run_id": self.run_id, **r.columns})
-                    n_cut += r.output_truncated
-                else:
-                    err_rows.append({**base, "error_kind": r.error_kind.value, "error_message": r.error_message, "run_id": self.run_id})
-                    n_err += 1
-            if len(ok_rows) + n_err != expected:  # one row in, one row out: never drop or double
-                raise RuntimeError(f"task {task.name}: {expected} rows in, {len(ok_rows) + n_err} out")
-            counts[task.name] = {"ok": len(ok_rows), "error": n_err, "truncated": n_cut}
-            tables[task.name] = pa.Table.from_pylist(ok_rows, schema=task.schema())
-        tables[ERRORS] = pa.Table.from_pylist(err_rows, schema=ERROR_SCHEMA)
-        return tables, counts, ptoks, otoks
 
     def shutdown(self) -> None:
         self.engine.shutdown()

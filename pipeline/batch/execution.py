@@ -21,53 +21,88 @@ import pyarrow.compute as pc
 
 from pipeline.batch.plan import RunError, RunPlan, resume_state
 from pipeline.config import InputConfig, JobSpec
+from pipeline.errors import PipelineError
+from pipeline.io.ranges import RangeSet
+from pipeline.io.records import PartRecord
 
 logger = logging.getLogger(__name__)
 
 
 # -- reading (runs in Ray tasks) ---------------------------------------------------------
-def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int) -> Iterator[pa.Table]:
-    """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows."""
-    from pipeline.io.readers import CommittedState, read_units
+def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int, output: str = "", run_id: str = "") -> Iterator[pa.Table]:
+    """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows.
+    A file read to its end leaves a `FileRecord` (its record count) in the run's staging, so
+    the publish can prove every record of it is held even if its last rows were never
+    committed by this attempt."""
+    from pipeline.io.commit import RunCommitter
+    from pipeline.io.records import FileRecord
     from pipeline.io.sources import SourceFile
+    from pipeline.io.store import Store
 
     cfg = InputConfig.model_validate_json(input_json)
+    committer = RunCommitter(Store(output), run_id) if output else None
     selects = batch["select"].to_pylist() if "select" in batch.column_names else [None] * batch.num_rows
     for src_json, done_json, select_json in zip(batch["source"].to_pylist(), batch["done"].to_pylist(), selects):
         src = SourceFile(**json.loads(src_json))
         done = json.loads(done_json)  # {unit: {"full": bool, "ranges": [[first, last], ...]}}
-        select = json.loads(select_json) if select_json else None  # retry: {position: "task,task"}
-        for table in read_units(src, cfg, rows_per_unit, CommittedState.from_resume(src, done)):
+        select = json.loads(select_json) if select_json else None  # retry: see RetrySelection
+        held = RangeSet([r for d in done.values() for r in d["ranges"]])
+        if select is not None:  # a retry: rows the published version holds are "committed" too
+            held = held | (RangeSet(select["held"]) - RangeSet.of(int(p) for p in select["positions"]))
+        skip = {u for u, d in done.items() if d["full"]}
+        file_rows, produced = None, False
+        for table in _read(src, cfg, rows_per_unit, skip, held):
+            produced = True
+            if "file_rows" in table.column_names and table["file_rows"].null_count < table.num_rows:
+                file_rows = pc.max(table["file_rows"]).as_py()
             if select is not None:
                 table = _select_rows(table, select)
-            unit = table["unit"][0].as_py() if table.num_rows else None
-            ranges = done.get(unit, {}).get("ranges")
-            if ranges:
-                table = _drop_ranges(table, ranges)
+            if held and table.num_rows:
+                table = _drop_positions(table, held)
             if table.num_rows:
                 yield table
+        if file_rows is None and not produced and not held:
+            file_rows = 0  # no record at all (a read error would have made a row)
+        if committer is not None and file_rows is not None:
+            committer.write_file_record(src.key, FileRecord(source=src.uri, fingerprint=src.fingerprint, file_rows=file_rows))
 
 
-def _select_rows(table: pa.Table, select: dict[str, str]) -> pa.Table:
-    """Keep the rows a retry asks for, each with the tasks it still needs; the unit then
-    consists of those rows only (so the exactly-once check counts them)."""
-    keep = [str(p) in select for p in table["position"].to_pylist()]
+def _read(src: Any, cfg: InputConfig, rows_per_unit: int, skip: set[str], held: RangeSet) -> Iterator[pa.Table]:
+    """The reader, told what is committed already: whole units (it skips them) and the
+    positions held in the others (a read error must not land on one of them)."""
+    from pipeline.io.readers import CommittedState, read_units
+
+    full = CommittedState.from_unit_ids(src, skip).full_units
+    ranges = {n: tuple((a, b) for a, b in rs) for n, rs in held.split(rows_per_unit).items() if n not in full}
+    return read_units(src, cfg, rows_per_unit, CommittedState(full, ranges))
+
+
+def _select_rows(table: pa.Table, select: dict[str, Any]) -> pa.Table:
+    """A retry: keep the rows it recomputes. Chosen rows carry the tasks they still need
+    (`only_tasks`); re-read rows (a retried read error) need every task."""
+    chosen = select["positions"]
+    pos = table["position"].to_pylist()
+    if select.get("reread"):
+        keep = [True] * len(pos)
+    else:
+        keep = [str(p) in chosen for p in pos]
     total_bytes = pc.sum(table["bytes_read"]).as_py() or 0
-    t = table.filter(pa.array(keep))
+    t = table.filter(pa.array(keep, pa.bool_()))
     if not t.num_rows:
         return t
     n = t.num_rows
-    t = t.set_column(t.schema.get_field_index("unit_rows"), "unit_rows", pa.array([n] * n, pa.int64()))
     t = t.set_column(t.schema.get_field_index("bytes_read"), "bytes_read", pa.array([total_bytes] + [0] * (n - 1), pa.int64()))
-    return t.append_column("only_tasks", pa.array([select[str(p)] for p in t["position"].to_pylist()], pa.string()))
+    return t.append_column("only_tasks", pa.array([chosen.get(str(p)) for p in t["position"].to_pylist()], pa.string()))
 
 
-def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
+def _drop_positions(table: pa.Table, held: RangeSet) -> pa.Table:
     pos = table["position"]
     keep = None
-    for first, last in ranges:
+    for first, last in held:
         inside = pc.and_(pc.greater_equal(pos, first), pc.less_equal(pos, last))
         keep = inside if keep is None else pc.or_(keep, inside)
+    if keep is None:
+        return table
     kept = table.filter(pc.invert(keep))
     # bytes already counted for progress on the first row must survive the filter
     if kept.num_rows and kept.num_rows < table.num_rows:
@@ -75,6 +110,26 @@ def _drop_ranges(table: pa.Table, ranges: list[list[int]]) -> pa.Table:
         col = [total] + [0] * (kept.num_rows - 1)
         kept = kept.set_column(kept.schema.get_field_index("bytes_read"), "bytes_read", pa.array(col, pa.int64()))
     return kept
+
+
+def read_items(plan: RunPlan, parts: list[PartRecord], select: Optional[dict[str, dict[str, Any]]] = None) -> list[dict[str, str]]:
+    """One item per input file for the read stage: the file, what of it is committed, and
+    for a retry what to recompute."""
+    done = resume_state(parts)
+    items = [
+        {"source": json.dumps(dataclasses.asdict(s)), "done": json.dumps(done.get(s.uri, {}))}
+        for s in plan.sources
+    ]
+    if select is not None:
+        for item, s in zip(items, plan.sources):
+            item["select"] = json.dumps(select[s.uri])
+    return items
+
+
+def read_kwargs(plan: RunPlan) -> dict[str, Any]:
+    spec = plan.spec
+    return {"input_json": spec.input.model_dump_json(), "rows_per_unit": spec.output.rows_per_unit,
+            "output": spec.output.path, "run_id": plan.run_id}
 
 
 # -- the Ray Data pipeline -------------------------------------------------------------
@@ -101,9 +156,9 @@ def init_ray(spec: JobSpec) -> None:
 
 def execute_plan(
     plan: RunPlan,
-    parts: list[dict[str, Any]],
+    parts: list[PartRecord],
     interactive: Optional[bool],
-    select: Optional[dict[str, dict[str, str]]] = None,
+    select: Optional[dict[str, dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     import ray
 
@@ -118,14 +173,7 @@ def execute_plan(
     ctx.enable_progress_bars = False  # ours is below; Ray's per-operator bars would interleave
     ctx.print_on_execution_start = False
 
-    done = resume_state(parts)
-    items = [
-        {"source": json.dumps(dataclasses.asdict(s)), "done": json.dumps(done.get(s.uri, {}))}
-        for s in plan.sources
-    ]
-    if select is not None:
-        for item, s in zip(items, plan.sources):
-            item["select"] = json.dumps(select.get(s.uri, {}))
+    items = read_items(plan, parts, select)
     r = spec.resources
     device_gpus = _gpus_per_actor(spec)
 
@@ -140,7 +188,7 @@ def execute_plan(
         read_sources,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"input_json": spec.input.model_dump_json(), "rows_per_unit": spec.output.rows_per_unit},
+        fn_kwargs=read_kwargs(plan),
         num_cpus=0.25,  # reading is light next to inference; don't let it starve the engines
     )
     import warnings
@@ -171,11 +219,11 @@ def execute_plan(
     total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None
     reporter = ProgressReporter(counter, total_bytes, interactive=interactive).start()
     t0 = time.perf_counter()
-    computed = Counter()
+    computed = Counter({k: 0 for k in COMPUTED})
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             fresh = pc.invert(batch["skipped"])
-            for k in ("rows", "output_tokens", "prompt_tokens", "commit_seconds", "prepare_seconds", "generate_seconds", "batch_seconds"):
+            for k in COMPUTED:
                 computed[k] += pc.sum(batch[k].filter(fresh)).as_py() or 0
         engines = _engine_report(counter)
     except Exception as e:
@@ -183,6 +231,11 @@ def execute_plan(
         entry = plan.store.read_json(entry_rel) or {}
         entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=time.time())
         plan.store.write_json(entry_rel, entry)
+        cause = _pipeline_error(e)
+        if cause is not None:  # an error meant for a person (disk full, ...): its own line and status
+            err = type(cause)(f"run {plan.run_id} failed: {cause}")
+            err.exit_status = cause.exit_status
+            raise err from e
         raise RunError(
             f"run {plan.run_id} failed: {type(e).__name__}: {str(e)[:500]}. Nothing was published; committed "
             "parts are kept, so rerunning the same command resumes where it stopped."
@@ -192,6 +245,26 @@ def execute_plan(
         ray.kill(counter)
     computed["seconds"] = time.perf_counter() - t0
     return {**computed, **_engine_summary(engines), "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+
+
+COMPUTED = ("rows", "output_tokens", "prompt_tokens", "commit_seconds", "prepare_seconds", "generate_seconds", "batch_seconds")
+
+
+def _pipeline_error(e: BaseException) -> Optional[PipelineError]:
+    """The PipelineError behind an exception that crossed Ray (RayTaskError keeps it as
+    `.cause`), if any."""
+    seen = set()
+    todo = [e]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        # Ray's wrapper is an instance of the error's class too, but its text is a traceback
+        if isinstance(e, PipelineError) and "RayTaskError" not in type(e).__name__:
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
 
 
 def _engine_report(counter: Any) -> dict[str, Any]:

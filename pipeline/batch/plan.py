@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import defaultdict
 from typing import Any, Optional
 
 from pipeline.config import JobSpec
 from pipeline.errors import PipelineError
 from pipeline.io.commit import RunCommitter, read_manifest
+from pipeline.io.coverage import full_units
+from pipeline.io.records import Manifest, PartRecord
 from pipeline.io.store import Store
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class RunPlan:
 
     @property
     def committer(self) -> RunCommitter:
-        return RunCommitter(self.store, self.run_id)
+        return RunCommitter(self.store, self.run_id, target_bytes=int(self.spec.output.target_file_mib * (1 << 20)))
 
     @property
     def ledger_rel(self) -> str:
@@ -62,13 +63,13 @@ def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
     manifest = read_manifest(store)
     append = False
     if spec.incremental:
-        if manifest and manifest.get("config") not in (None, config_fp):
+        if manifest and manifest.config not in (None, config_fp):
             raise RunError(
                 f"{spec.output.path} holds results of another configuration (model, prompts or sampling "
                 "changed); an incremental run would mix them. Use a new output folder, or run without "
                 "--incremental to recompute everything into this one."
             )
-        done = committed_inputs(store, manifest, config_fp)
+        done = committed_inputs(manifest, config_fp)
         before = len(sources)
         sources = [s for s in sources if (s.uri, s.fingerprint) not in done]
         logger.info("incremental: %d of %d input files are new or changed", len(sources), before)
@@ -112,28 +113,14 @@ def result_environment(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def committed_inputs(store: Store, manifest: Optional[dict], config_fp: str) -> set[tuple[str, str]]:
-    """(uri, fingerprint) of every input file a published run of this configuration covered."""
-    if not manifest:
+def committed_inputs(manifest: Optional[Manifest], config_fp: str) -> set[tuple[str, str]]:
+    """(uri, fingerprint) of every input file the published version holds, if it holds
+    results of this configuration."""
+    if not manifest or manifest.config not in (None, config_fp):
         return set()
-    done = set()
-    for run_id in manifest.get("runs", []):
-        entry = store.read_json(f"_runs/{run_id}.json") or {}
-        if entry.get("config") == config_fp:
-            done.update((i["uri"], i["fingerprint"]) for i in entry.get("inputs", []))
-    return done
+    return {(uri, e.fingerprint) for uri, e in manifest.sources.items()}
 
 
-def resume_state(parts: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Per source uri, per unit: whether it is fully committed and which row ranges are."""
-    by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for p in parts:
-        by_unit[p["unit"]].append(p)
-    state: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    for unit, ps in by_unit.items():
-        rows = sum(p["rows"] for p in ps)
-        state[ps[0]["source"]][unit] = {
-            "full": rows == ps[0]["unit_rows"],
-            "ranges": [[p["first_position"], p["last_position"]] for p in ps],
-        }
-    return state
+def resume_state(parts: list[PartRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per source uri, per unit: whether it is fully committed and which positions are."""
+    return full_units(parts)

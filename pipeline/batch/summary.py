@@ -12,8 +12,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import ErrorKind
 from pipeline.eval.records import RunEvaluation
 from pipeline.io.commit import ERRORS
+from pipeline.io.coverage import FileCoverage
+from pipeline.io.records import PartRecord
 from pipeline.io.store import Store
 
 
@@ -44,7 +47,11 @@ class RunSummary(BaseModel):
     rows_computed: int = 0
     rows_resumed: int = 0
     tasks: dict[str, TaskCounts] = Field(default_factory=dict)
-    error_kinds: dict[str, int] = Field(default_factory=dict)
+    error_kinds: dict[str, int] = Field(default_factory=dict, description="Error records by kind (per row and task).")
+    read_errors_of_unknown_extent: int = Field(
+        0, description="Input files whose tail could never be read and whose record count is unknown: their read "
+        "error stands for an unknown number of rows (counted as one)."
+    )
     prompt_tokens: int = 0
     output_tokens: int = 0
     wall_seconds: Optional[float] = None
@@ -62,7 +69,7 @@ class RunSummary(BaseModel):
     prefix_cache_hit_rate: Optional[float] = None
     # What exactly-once costs: part writes and commit records (in the actors, summed) and the publish.
     commit_seconds: Optional[float] = None
-    publish_seconds: Optional[float] = None
+    publish_seconds: Optional[float] = Field(None, description="Coverage proof, duplicate-id check, moves and merges, the manifest switch.")
     # Where the actors' time went, summed over actors and batches in flight.
     actor_prepare_seconds: Optional[float] = None
     actor_generate_seconds: Optional[float] = None
@@ -74,31 +81,44 @@ class RunSummary(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def totals(parts: list[dict[str, Any]], store: Store) -> dict[str, Any]:
+def totals(parts: list[PartRecord], store: Store, coverage: Optional[dict[str, FileCoverage]] = None) -> dict[str, Any]:
     """Rows, tokens, per-task counts and error kinds over committed parts (kinds are read
-    from the parts' error files: small, one column)."""
+    from the parts' error files: small, one column). A read error stands for every record
+    from its position on that no part holds: `coverage` says how many, and they are counted
+    as rows in error (for every task), so that rows + errors = input rows."""
     import pyarrow.parquet as pq
 
     tasks: dict[str, Counter] = defaultdict(Counter)
     sums: Counter = Counter()
     kinds: Counter = Counter()
     for p in parts:
-        sums["rows"] += p["rows"]
-        sums["prompt_tokens"] += p["prompt_tokens"]
-        sums["output_tokens"] += p["output_tokens"]
-        for t, c in p["counts"].items():
-            for k, v in c.items():
+        sums["rows"] += p.rows
+        sums["prompt_tokens"] += p.prompt_tokens
+        sums["output_tokens"] += p.output_tokens
+        for t, c in p.counts.items():
+            for k, v in c.model_dump().items():
                 tasks[t][k] += v
-        if ERRORS in p["files"]:
-            with store.fs.open_input_file(store.path(p["files"][ERRORS])) as f:
+        if ERRORS in p.files:
+            with store.fs.open_input_file(store.path(p.files[ERRORS].path)) as f:
                 for k in pq.read_table(f, columns=["error_kind"])["error_kind"].to_pylist():
                     kinds[k] += 1
+    unknown = 0
+    for cov in (coverage or {}).values():
+        extra = cov.read_error_rows - len(cov.read_errors)
+        if not cov.extent_known:
+            unknown += 1
+        if extra > 0:
+            sums["rows"] += extra
+            for t in tasks:
+                tasks[t]["error"] += extra
+                kinds[ErrorKind.READ_ERROR.value] += extra
     return {
         "rows": sums["rows"],
         "prompt_tokens": sums["prompt_tokens"],
         "output_tokens": sums["output_tokens"],
         "tasks": {t: TaskCounts(**c) for t, c in tasks.items()},
         "error_kinds": dict(kinds),
+        "read_errors_of_unknown_extent": unknown,
     }
 
 

@@ -78,7 +78,7 @@ def read_outputs(output: str, task: str, columns: tuple[str, ...] = ("row_id", "
     manifest = read_manifest(store)
     if manifest is None:
         return
-    for rel in manifest["datasets"].get(task, []):
+    for rel in manifest.datasets.get(task, []):
         with store.fs.open_input_file(store.path(rel)) as f:
             yield pq.read_table(f, columns=list(columns))
 
@@ -91,9 +91,11 @@ def count_outputs(output: str, task: str) -> int:
     from pipeline.io.store import Store
 
     store = Store(output)
-    manifest = read_manifest(store) or {"datasets": {}}
+    manifest = read_manifest(store)
+    if manifest is None:
+        return 0
     n = 0
-    for rel in manifest["datasets"].get(task, []):
+    for rel in manifest.datasets.get(task, []):
         with store.fs.open_input_file(store.path(rel)) as f:
             n += pq.ParquetFile(f).metadata.num_rows
     return n

@@ -89,6 +89,23 @@ def read_units(
         raise ValueError("rows_per_unit must be >= 1")
     if not isinstance(committed, CommittedState):
         committed = CommittedState.from_unit_ids(src, committed)
+    # Each table is held back until the next one comes: a file may end in units that hold no
+    # row (blank JSONL lines), and then no table is left at the end to carry the row count.
+    end: dict[str, int] = {}
+    last = None
+    for table in _read_units(src, cfg, rows_per_unit, committed, end, scalars):
+        if last is not None:
+            yield last
+        last = table
+    if last is not None:
+        if "file_rows" in end and last["file_rows"].null_count:
+            i = last.schema.get_field_index("file_rows")
+            last = last.set_column(i, "file_rows", pa.array([end["file_rows"]] * last.num_rows, pa.int64()))
+        yield last
+
+
+def _read_units(src: SourceFile, cfg: InputConfig, rows_per_unit: int, committed: CommittedState,
+                end: dict[str, int], scalars: bool = False) -> Iterator[pa.Table]:
     units = UnitBuilder(src, rows_per_unit, committed)
     cursor = Cursor(total=src.size)
     try:
@@ -127,6 +144,7 @@ def read_units(
             at = cursor.offset(p) if cursor.offset else tell()
             yield from _read_error(units, p, f"the read failed {where}: {_cause(exc, src)}", _total(cursor, tell), at)
             return
+        end["file_rows"] = cursor.rows
         yield from units.finish(_total(cursor, tell), file_rows=cursor.rows)
     finally:
         for f in (spooled, raw):

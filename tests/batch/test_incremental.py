@@ -62,11 +62,11 @@ def outside_staging(out):
 
 def test_crash_in_publish_onto_empty_output_then_finish(job):
     out = job["out"]
-    p = run_cli("run", str(job["spec"]), env={"PIPELINE_FAULT": "publish-move:1"}, check=False)
+    p = run_cli("run", str(job["spec"]), env={"PIPELINE_FAULT": "publish-step:1"}, check=False)
     assert p.returncode == 86, p.stderr[-3000:]
     assert read_manifest(Store(str(out))) is None  # readers see the old (empty) output
     plan = json.loads(next(out.glob("_staging/*/_publish.json")).read_text())
-    planned = {dst for _, dst in plan["moves"]}
+    planned = {step["dst"] for step in plan["steps"]}
     assert set(outside_staging(out)) <= planned  # only files of the pending plan, none else
     p = run_cli("run", str(job["spec"]))
     assert "computed now: 0" in p.stdout  # finishing the publish recomputes nothing
@@ -104,15 +104,15 @@ def test_crash_in_publish_onto_earlier_output_keeps_it_whole(job):
     out, corpus = job["out"], job["corpus"]
     before = sorted(sum(all_ids(out), []))
     new_ids = write_jsonl_corpus(corpus, {"d.jsonl": 8}, start=2000)
-    p = run_cli("run", str(job["spec"]), "--incremental", env={"PIPELINE_FAULT": "publish-move:0"}, check=False)
+    p = run_cli("run", str(job["spec"]), "--incremental", env={"PIPELINE_FAULT": "publish-step:0"}, check=False)
     assert p.returncode == 86
     assert sorted(sum(all_ids(out), [])) == before  # old version, complete
     run_cli("run", str(job["spec"]), "--incremental")
     assert sorted(sum(all_ids(out), [])) == sorted(before + new_ids)
     manifest = read_manifest(Store(str(out)))
-    assert set(outside_staging(out)) == {f for fs in manifest["datasets"].values() for f in fs}
+    assert set(outside_staging(out)) == manifest.files()
     listing = run_cli("runs", str(out)).stdout
-    assert len(manifest["runs"]) == 3 and all(r in listing for r in manifest["runs"])
+    assert len(manifest.runs) == 3 and all(r in listing for r in manifest.runs)
 
 
 def test_retry_errors_moves_dead_letters_into_results_exactly_once(job):

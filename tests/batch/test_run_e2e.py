@@ -82,7 +82,7 @@ def test_schema_and_row_accounting(two_runs, corpus):
         ids = t["row_id"].to_pylist() + task_errors["row_id"].to_pylist()
         assert len(set(ids)) == corpus["rows"]  # exactly once
         assert all(n > 0 for n in t["prompt_tokens"].to_pylist())
-        assert set(t["run_id"].to_pylist()) == {read_manifest(Store(str(out)))["runs"][0]}
+        assert set(t["run_id"].to_pylist()) == {read_manifest(Store(str(out))).runs[0]}
     sentiment = read_dataset(str(out), "sentiment")
     assert set(sentiment["label"].to_pylist()) <= {"positive", "negative", "neutral"}
     assert set(read_dataset(str(out), "translation")["target_lang"].to_pylist()) == {"French"}

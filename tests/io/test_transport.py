@@ -17,7 +17,6 @@ import re
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import pytest

@@ -98,3 +98,13 @@ def test_file_rows_counts_records_not_blank_lines(tmp_path: Path) -> None:
     # blank lines in a skipped unit still count out of the total
     tables = read_all(src, cfg, skip={unit_id(src, 10, 10)})
     assert tables[-1].column("file_rows").to_pylist() == [22] * tables[-1].num_rows
+
+
+def test_file_rows_when_the_file_ends_with_a_unit_of_blank_lines(tmp_path: Path) -> None:
+    """The last unit holds only blank lines, so no table is made for it: the count must still
+    reach the last table yielded (found by the property test of resume, tests/batch)."""
+    path = write(tmp_path / "tail.jsonl", (json.dumps({"text": "t0"}) + "\n   \n  \n").encode())
+    src, cfg = source(path)
+    for rpu in (1, 2):
+        tables = read_all(src, cfg, rpu=rpu)
+        assert tables[-1].column("file_rows").to_pylist() == [1]
