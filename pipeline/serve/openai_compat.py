@@ -1,0 +1,250 @@
+"""OpenAI-compatible `POST /v1/chat/completions` and `POST /v1/completions`, streaming (SSE)
+included, on the replica's engine: the official `openai` client works unchanged.
+
+Chat messages are rendered through the model's chat template by the same helper as the
+tasks' prompts (`pipeline.tasks.prompting.render_chat`). The same limits, admission,
+deadline and abort-on-disconnect apply as on the task routes. Served: one choice per
+prompt (`n=1`), sampling (temperature, top_p, seed, stop, penalties), usage counts; not
+served: tools, logprobs, response formats (a request using them gets a 422 naming the field).
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from pipeline.errors import ErrorKind
+from pipeline.serve.limits import ApiError, check_max_tokens
+from pipeline.serve.routes import ERROR_RESPONSES
+from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, _OpenAIBody
+from pipeline.serve.service import Service
+from pipeline.tasks.prompting import encode_prompt, render_chat
+
+_STREAM_DOC = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "With stream=true: server-sent events, then 'data: [DONE]'."}}
+
+
+def _check_model(service: Service, model: str) -> None:
+    if model != service.model_name:
+        raise ApiError(404, ErrorKind.NOT_FOUND, f"model {model!r} is not served here; GET /v1/models lists {service.model_name!r}", param="model")
+
+
+def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: Optional[int]):
+    """vLLM SamplingParams for one request, within the server's cap and the context."""
+    from vllm import SamplingParams
+
+    limits, max_len = service.cfg.limits, service.cfg.engine.max_model_len
+    check_max_tokens(requested, limits.max_tokens)
+    room = max_len - prompt_len
+    if room < 1 or (requested is not None and requested > room):
+        raise ApiError(
+            400,
+            ErrorKind.TOO_LONG,
+            f"this model's context is {max_len} tokens; the prompt has {prompt_len}"
+            + (f" and {requested} more were asked for" if requested is not None else ", leaving no room for an answer"),
+            param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    kw: dict[str, Any] = dict(
+        n=1,
+        max_tokens=requested if requested is not None else min(limits.max_tokens, room),
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop or None,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+    )
+    return SamplingParams(**kw)
+
+
+def _encode(service: Service, text: str, param: str) -> list[int]:
+    if len(text) > service.cfg.limits.max_chars:
+        raise ApiError(
+            422, ErrorKind.INVALID_REQUEST, f"{param} has {len(text)} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param=param
+        )
+    return encode_prompt(text, service.engine.tokenizer)
+
+
+def _chat_prompt(service: Service, body: ChatCompletionRequest) -> list[int]:
+    messages = []
+    total = 0
+    for i, m in enumerate(body.messages):
+        content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
+        total += len(content)
+        # 'developer' is the newer name of 'system'; chat templates know the latter.
+        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    if total > service.cfg.limits.max_chars:
+        raise ApiError(
+            422, ErrorKind.INVALID_REQUEST, f"the messages have {total} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param="messages"
+        )
+    try:
+        prompt = render_chat(messages, service.engine.tokenizer)
+    except Exception as e:  # noqa: BLE001 - a chat template that refuses these messages (roles, order)
+        raise ApiError(400, ErrorKind.INVALID_REQUEST, f"the model's chat template refused the messages: {e}", param="messages") from None
+    return encode_prompt(prompt, service.engine.tokenizer)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _open_stream(service: Service, ids: list[int], params, frame) -> StreamingResponse:
+    """Admit the request and wait for its first chunk before answering 200, so that load,
+    an engine being replaced or a deadline passed before any token still get their own
+    status codes; then stream the rest."""
+    from pipeline.engine.engine import EngineError
+
+    service.ensure_ready()
+    admitted = service.admission(1)
+    deadline = time.monotonic() + service.cfg.limits.request_timeout_s
+    chunks = service.engine.astream(ids, params)
+    gen = _events(service, chunks, admitted, deadline, frame, len(ids))
+    try:
+        first = await gen.__anext__()
+    except asyncio.TimeoutError:
+        raise service.timeout_error() from None
+    except EngineError as e:
+        raise service.unavailable(f"the engine failed ({e})") from None
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for b in gen:
+            yield b
+
+    # `gen` has started: if the client leaves before `body` runs, closing `gen` (directly or
+    # when it is collected) still releases admission and aborts the request in the engine.
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(service: Service, chunks, admitted, deadline: float, frame, prompt_tokens: int) -> AsyncIterator[bytes]:
+    """SSE frames of one streamed request. The first `__anext__` raises (TimeoutError,
+    EngineError) for the caller to answer with a status; later failures become an error
+    event, since the 200 is sent by then."""
+    from pipeline.engine.engine import EngineError
+
+    produced = 0
+    finish: Optional[str] = None
+    first = True
+    try:
+        while finish is None:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+            except StopAsyncIteration:
+                break
+            except (asyncio.TimeoutError, EngineError) as e:
+                if first:
+                    raise
+                err = service.timeout_error() if isinstance(e, asyncio.TimeoutError) else service.unavailable(f"the engine failed ({e})")
+                yield _sse(err.body())
+                return
+            produced += len(chunk.token_ids)
+            finish = chunk.finish_reason
+            yield _sse(frame(chunk.text, None, first))
+            first = False
+        yield _sse(frame("", finish or "stop", False))
+        usage = frame.usage(prompt_tokens, produced)
+        if usage is not None:
+            yield _sse(usage)
+        yield b"data: [DONE]\n\n"
+    finally:
+        admitted.release()
+        await chunks.aclose()  # aborts the request in the engine if it is still running
+
+
+class _Frames:
+    """Builds the chunk objects of one stream (chat or completion)."""
+
+    def __init__(self, kind: str, model: str, include_usage: bool):
+        self.kind, self.model, self.include_usage = kind, model, include_usage
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def __call__(self, text: str, finish: Optional[str], first: bool) -> dict[str, Any]:
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
+
+    def usage(self, prompt: int, completion: int) -> Optional[dict[str, Any]]:
+        if not self.include_usage:
+            return None
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [], "usage": _usage(prompt, completion)}
+
+
+def openai_router(service: Service) -> APIRouter:
+    router = APIRouter(tags=["openai"])
+    responses = {**ERROR_RESPONSES, 400: ERROR_RESPONSES[422] | {"description": "The prompt does not fit the context (kind too_long), or the chat template refused the messages."}, **_STREAM_DOC}
+
+    @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=responses)
+    async def chat_completions(body: ChatCompletionRequest):
+        _check_model(service, body.model)
+        ids = _chat_prompt(service, body)
+        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        params = _sampling(service, body, len(ids), requested)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            return await _open_stream(service, ids, params, _Frames("chat", service.model_name, include_usage))
+        gen = await service.run(1, service.engine.agenerate(ids, params))
+        c = gen.completion
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": service.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}],
+            "usage": _usage(gen.prompt_tokens, len(c.token_ids)),
+        }
+
+    @router.post("/v1/completions", response_model=Completion, responses=responses)
+    async def completions(body: CompletionRequest):
+        _check_model(service, body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        limits = service.cfg.limits
+        if not prompts or len(prompts) > limits.max_texts:
+            raise ApiError(422, ErrorKind.INVALID_REQUEST, f"prompt: give 1 to {limits.max_texts} prompts (limits.max_texts)", param="prompt")
+        if body.stream and len(prompts) > 1:
+            raise ApiError(422, ErrorKind.INVALID_REQUEST, "stream: one prompt per streamed request", param="stream")
+        ids = [_encode(service, p, "prompt" if len(prompts) == 1 else f"prompt.{i}") for i, p in enumerate(prompts)]
+        params = [_sampling(service, body, len(x), body.max_tokens) for x in ids]
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _open_stream(service, ids[0], params[0], _Frames("completion", service.model_name, include_usage))
+
+        async def all_prompts():
+            jobs = [asyncio.ensure_future(service.engine.agenerate(x, p)) for x, p in zip(ids, params)]
+            try:
+                return await asyncio.gather(*jobs)
+            except Exception:
+                for j in jobs:
+                    j.cancel()
+                raise
+
+        gens = await service.run(len(ids), all_prompts())
+        return {
+            "id": "cmpl-" + uuid.uuid4().hex,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": service.model_name,
+            "choices": [
+                {"index": i, "text": g.completion.text, "finish_reason": g.completion.finish_reason} for i, g in enumerate(gens)
+            ],
+            "usage": _usage(sum(g.prompt_tokens for g in gens), sum(len(g.completion.token_ids) for g in gens)),
+        }
+
+    return router
