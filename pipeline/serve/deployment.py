@@ -157,19 +157,26 @@ def stop(cfg: ServeConfig) -> None:
     import ray
     from ray import serve
 
-    # Deleting the application first lets every replica finish its in-flight requests
-    # (within drain_timeout_s) while the proxy still delivers their answers.
-    serve.delete(cfg.name)
-    serve.shutdown()
-    ray.shutdown()
+    if not ray.is_initialized():
+        return
+    try:
+        # Deleting the application first lets every replica finish its in-flight requests
+        # (within drain_timeout_s) while the proxy still delivers their answers.
+        serve.delete(cfg.name)
+        serve.shutdown()
+    finally:
+        ray.shutdown()
 
 
 def run(cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serve until SIGINT or SIGTERM, then drain and stop."""
     stopping = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         url = start(cfg)
+        # After start: ray.init installs its own SIGTERM handler (exit at once), which would
+        # skip the drain.
+        previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         if on_ready is not None:
             on_ready(url)
         while not stopping.wait(1.0):
@@ -179,4 +186,3 @@ def run(cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None) -> N
         for s, h in previous.items():
             signal.signal(s, h)
         stop(cfg)
-

@@ -35,6 +35,7 @@ def _check_model(service: Service, model: str) -> None:
 def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: Optional[int]):
     """vLLM SamplingParams for one request, within the server's cap and the context."""
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
     limits, max_len = service.cfg.limits, service.cfg.engine.max_model_len
     check_max_tokens(requested, limits.max_tokens)
@@ -57,8 +58,17 @@ def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: O
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        ignore_eos=bool(body.ignore_eos),
+        min_tokens=body.min_tokens or 0,
+        # The whole answer at the end (the engine streams with a DELTA copy of its own).
+        output_kind=RequestOutputKind.FINAL_ONLY,
     )
-    return SamplingParams(**kw)
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        return SamplingParams(**kw)
+    except (ValueError, VLLMClientError) as e:  # vLLM's own checks (min_tokens above max_tokens, ...)
+        raise ApiError(422, ErrorKind.INVALID_REQUEST, f"sampling parameters: {e}") from None
 
 
 def _encode(service: Service, text: str, param: str) -> list[int]:
@@ -66,7 +76,9 @@ def _encode(service: Service, text: str, param: str) -> list[int]:
         raise ApiError(
             422, ErrorKind.INVALID_REQUEST, f"{param} has {len(text)} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param=param
         )
-    return encode_prompt(text, service.engine.tokenizer)
+    # A raw prompt gets the tokenizer's special tokens (BOS), as vLLM's own server does;
+    # a chat prompt has them from its template.
+    return service.engine.tokenizer.encode(text)
 
 
 def _chat_prompt(service: Service, body: ChatCompletionRequest) -> list[int]:
@@ -104,13 +116,10 @@ async def _open_stream(service: Service, ids: list[int], params, frame) -> Strea
 
     service.ensure_ready()
     admitted = service.admission(1)
-    deadline = time.monotonic() + service.cfg.limits.request_timeout_s
     chunks = service.engine.astream(ids, params)
-    gen = _events(service, chunks, admitted, deadline, frame, len(ids))
+    gen = _events(service, chunks, admitted, service.deadline(), frame, len(ids))
     try:
         first = await gen.__anext__()
-    except asyncio.TimeoutError:
-        raise service.timeout_error() from None
     except EngineError as e:
         raise service.unavailable(f"the engine failed ({e})") from None
 
@@ -125,9 +134,9 @@ async def _open_stream(service: Service, ids: list[int], params, frame) -> Strea
 
 
 async def _events(service: Service, chunks, admitted, deadline: float, frame, prompt_tokens: int) -> AsyncIterator[bytes]:
-    """SSE frames of one streamed request. The first `__anext__` raises (TimeoutError,
-    EngineError) for the caller to answer with a status; later failures become an error
-    event, since the 200 is sent by then."""
+    """SSE frames of one streamed request. Until the first frame, failures (deadline, dead
+    engine) are raised for the caller to answer with a status; after it, the 200 is sent
+    and they become an error event that ends the stream."""
     from pipeline.engine.engine import EngineError
 
     produced = 0
@@ -135,17 +144,14 @@ async def _events(service: Service, chunks, admitted, deadline: float, frame, pr
     first = True
     try:
         while finish is None:
-            remaining = deadline - time.monotonic()
             try:
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
-                chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
+                chunk = await service.until_done(asyncio.ensure_future(chunks.__anext__()), deadline)
             except StopAsyncIteration:
                 break
-            except (asyncio.TimeoutError, EngineError) as e:
+            except (ApiError, EngineError) as e:
                 if first:
                     raise
-                err = service.timeout_error() if isinstance(e, asyncio.TimeoutError) else service.unavailable(f"the engine failed ({e})")
+                err = e if isinstance(e, ApiError) else service.unavailable(f"the engine failed ({e})")
                 yield _sse(err.body())
                 return
             produced += len(chunk.token_ids)
@@ -159,7 +165,10 @@ async def _events(service: Service, chunks, admitted, deadline: float, frame, pr
         yield b"data: [DONE]\n\n"
     finally:
         admitted.release()
-        await chunks.aclose()  # aborts the request in the engine if it is still running
+        try:
+            await chunks.aclose()  # aborts the request in the engine if it is still running
+        except RuntimeError:
+            pass  # still finishing a cancelled __anext__, which aborts the request by itself
 
 
 class _Frames:

@@ -183,6 +183,9 @@ class _OpenAIBody(_Body):
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     user: Optional[str] = None
+    # vLLM's extensions, accepted so that clients written for `vllm serve` work unchanged.
+    ignore_eos: Optional[bool] = Field(None, description="vLLM extension: keep generating past the end-of-sequence token.")
+    min_tokens: Optional[int] = Field(None, ge=0, description="vLLM extension: fewest tokens before a stop may end the answer.")
 
 
 class StreamOptions(_Body):

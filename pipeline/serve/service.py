@@ -8,11 +8,10 @@ tests build it around a fake engine to exercise routes, limits and auth without 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Awaitable, Optional, TypeVar
+from typing import Any, Awaitable, Optional, TypeVar
 
 from pydantic import ValidationError
 
@@ -26,6 +25,9 @@ from pipeline.tasks.registry import TASKS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# How often a request waiting on the engine checks that the engine still lives.
+ENGINE_POLL_S = 0.5
 
 
 class Service:
@@ -71,6 +73,12 @@ class Service:
         if task.max_output_tokens() > cap:
             # A default (the task's or the server's) above the cap: lowered to it.
             task = cls(cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"max_tokens": cap})}))
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            task.sampling_params()  # built now: vLLM's own checks (min_tokens above max_tokens, ...) are a 422
+        except (ValueError, VLLMClientError) as e:
+            raise ApiError(422, ErrorKind.INVALID_REQUEST, f"sampling: {e}", param="sampling") from None
         self._tasks[key] = task
         if len(self._tasks) > 256:
             self._tasks.popitem(last=False)
@@ -79,7 +87,7 @@ class Service:
     # -- running requests -------------------------------------------------------------------
     def ensure_ready(self) -> None:
         """503 at once when this replica's engine cannot serve (it is being replaced)."""
-        why = self.health.problem()
+        why = self.health.quick_problem()
         if why is not None:
             raise self.unavailable(why)
 
@@ -96,9 +104,10 @@ class Service:
         return ApiError(504, ErrorKind.TIMEOUT, f"the request took longer than {t:g}s (limits.request_timeout_s); its generation was aborted")
 
     async def run(self, n: int, work: Awaitable[T]) -> T:
-        """Admit n texts, then await `work` within the request deadline. On timeout the work is
-        cancelled, which aborts its requests in the engine; so does a client that disconnects
-        (Serve cancels this coroutine then)."""
+        """Admit n texts, then await `work` until it is done, the request's deadline passes
+        (504) or the engine dies (503). Either way out, the work is cancelled, which aborts
+        its requests in the engine; so does a client that disconnects (Serve cancels this
+        coroutine then)."""
         from pipeline.engine.engine import EngineError
 
         started = False
@@ -106,21 +115,34 @@ class Service:
             self.ensure_ready()
             async with self.admission(n):
                 started = True
-                return await asyncio.wait_for(work, self.cfg.limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise self.timeout_error() from None
+                return await self.until_done(asyncio.ensure_future(work), self.deadline())
         except EngineError as e:
             raise self.unavailable(f"the engine failed ({e})") from None
         finally:
             if not started and asyncio.iscoroutine(work):
                 work.close()  # refused before it ran: no 'never awaited' warning
 
-    @contextlib.asynccontextmanager
-    async def streaming(self, n: int) -> AsyncIterator[None]:
-        """Admission for a streamed answer: held until the stream ends (or its client leaves)."""
-        self.ensure_ready()
-        async with self.admission(n):
-            yield
+    def deadline(self) -> float:
+        return time.monotonic() + self.cfg.limits.request_timeout_s
+
+    async def until_done(self, task: "asyncio.Future[T]", deadline: float) -> T:
+        """The task's result, waited for until `deadline`. The engine is checked meanwhile:
+        when its process dies, requests waiting on it are not always woken (see
+        `Engine.is_dead`), so a dead engine ends the wait here (503) instead of the deadline
+        (504) or never. The task is cancelled on every way out but its own end."""
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self.timeout_error()
+                done, _ = await asyncio.wait({task}, timeout=min(remaining, ENGINE_POLL_S))
+                if done:
+                    return task.result()
+                if self.engine.is_dead():
+                    raise self.unavailable("the vLLM engine process died")
+        finally:
+            if not task.done():
+                task.cancel()
 
     def engine_state(self) -> dict[str, Any]:
         m = self.engine.metrics()

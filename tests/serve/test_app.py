@@ -322,3 +322,11 @@ def test_openapi_states_the_limits_and_the_error_shape(tiny_tokenizer):
         assert post_op[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse"), code
     assert "Retry-After" in post_op["503"]["headers"]
     assert "HTTPValidationError" not in comps
+
+
+def test_sampling_parameters_vllm_refuses_are_422(tiny_tokenizer):
+    _, app = make(tiny_tokenizer)
+    error_of(run(post(app, "/v1/summarize", {"text": "a", "sampling": {"max_tokens": 4, "min_tokens": 8}})), 422, "invalid_request")
+    error_of(run(post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 4, "min_tokens": 8})), 422, "invalid_request")
+    ok = run(post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 4, "min_tokens": 4, "ignore_eos": True}))
+    assert ok.status_code == 200

@@ -1,0 +1,183 @@
+"""`python -m bench.serve`: our endpoint against vLLM's own OpenAI server and Ray Serve LLM,
+in one run, on the same model, engine settings and requests.
+
+    python -m bench.serve                                  # tiny model and SmolLM2, all systems
+    python -m bench.serve --models tiny --systems ours,vllm --concurrency 1,32
+    python -m bench.serve --quick                          # small sizes: checks that everything runs
+
+Each system is started in its own process session, warmed up, then measured at each
+concurrency level (1, 8, 32, 64 clients by default), then stopped. Every request is a
+streamed chat completion of exactly `--max-tokens` tokens (greedy, `ignore_eos`) for a
+distinct IMDB review (bench/data), so every system does the same work. Figures per level:
+requests/s, output tokens/s, p50/p99 latency and time to first token. Results go to
+--out (results.json, table.md); the table, with the issue's targets checked, prints last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from bench.serve.load import run_level
+from bench.serve.servers import SYSTEMS, start
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "bench" / "data" / "imdb_sample200.jsonl"
+ENGINE = {"max_model_len": 2048, "max_num_seqs": 256, "kv_cache_gib": 1.0}
+# One OpenMP thread for every engine, on the same core: the same compute for everyone (vLLM
+# reserves a core for its scheduler on x86; on 2 cores that leaves one).
+OMP_BIND = "1"
+
+
+def bodies(model_id: str, n: int, max_tokens: int, start: int = 0) -> list[dict[str, Any]]:
+    docs = [json.loads(line)["text"] for line in open(DATA, encoding="utf-8")]
+    out = []
+    for i in range(start, start + n):
+        text = docs[i % len(docs)][:400]
+        out.append(
+            {
+                "model": model_id,
+                # The request number first: no two prompts share more than the template's prefix.
+                "messages": [{"role": "user", "content": f"Review {i}: {text}\nSummarize this review in one sentence."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+    return out
+
+
+def requests_for(concurrency: int, quick: bool) -> int:
+    return max(8, 2 * concurrency) if quick else max(20, 4 * concurrency)
+
+
+def measure(system: str, model: str, levels: list[int], max_tokens: int, work: Path, quick: bool) -> dict[str, Any]:
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": OMP_BIND, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    running = start(system, model, ENGINE, work, env)
+    print(f"  {system}: ready in {running.startup_seconds:.1f}s", flush=True)
+    try:
+        asyncio.run(run_level(running.url, bodies(running.model_id, 4, 8, start=10_000), 2))  # warm-up
+        out = {"startup_seconds": round(running.startup_seconds, 1), "levels": []}
+        offset = 0
+        for c in levels:
+            n = requests_for(c, quick)
+            res = asyncio.run(run_level(running.url, bodies(running.model_id, n, max_tokens, start=offset), c))
+            offset += n
+            print(
+                f"    c={c:<3} {res.requests_per_s:7.2f} req/s {res.output_tokens_per_s:8.1f} tok/s  "
+                f"p50 {res.latency_p50_ms:8.1f} ms  p99 {res.latency_p99_ms:8.1f} ms  ttft p50 {res.ttft_p50_ms:7.1f} ms  "
+                f"ok {res.ok}/{res.requests}",
+                flush=True,
+            )
+            out["levels"].append(res.to_dict())
+        return out
+    finally:
+        running.stop()
+
+
+def level(result: dict[str, Any], c: int) -> Optional[dict[str, Any]]:
+    return next((x for x in result.get("levels", []) if x["concurrency"] == c), None)
+
+
+def checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, as ratios to vLLM's own server."""
+    out = []
+    for model, systems in report["results"].items():
+        ours, peer = systems.get("ours"), systems.get("vllm")
+        if not ours or not peer or "error" in ours or "error" in peer:
+            continue
+        a, b = level(ours, 32), level(peer, 32)
+        if a and b and b["output_tokens_per_s"]:
+            r = a["output_tokens_per_s"] / b["output_tokens_per_s"]
+            out.append({"model": model, "what": "throughput at 32 clients, ours / vllm (>= 0.9)", "value": round(r, 3), "ok": r >= 0.9})
+        a, b = level(ours, 1), level(peer, 1)
+        if a and b and b["latency_p50_ms"]:
+            r = a["latency_p50_ms"] / b["latency_p50_ms"]
+            out.append({"model": model, "what": "p50 latency at 1 client, ours / vllm (<= 1.2)", "value": round(r, 3), "ok": r <= 1.2})
+    return out
+
+
+def render_table(report: dict[str, Any]) -> str:
+    lines = []
+    for model, systems in report["results"].items():
+        lines += [
+            f"### {model}: {report['max_tokens']} output tokens per request, streamed",
+            "",
+            "| system | clients | req/s | output tok/s | p50 latency ms | p99 latency ms | p50 TTFT ms | p99 TTFT ms | ok |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for system, res in systems.items():
+            if "error" in res:
+                lines.append(f"| {system} | - | could not run: {res['error'][:120]} | | | | | | |")
+                continue
+            for x in res["levels"]:
+                lines.append(
+                    f"| {system} | {x['concurrency']} | {x['requests_per_s']:.2f} | {x['output_tokens_per_s']:.1f} | "
+                    f"{x['latency_p50_ms']:.0f} | {x['latency_p99_ms']:.0f} | {x['ttft_p50_ms']:.0f} | {x['ttft_p99_ms']:.0f} | "
+                    f"{x['ok']}/{x['requests']} |"
+                )
+        lines.append("")
+    if report.get("checks"):
+        lines += ["| target | model | value | met |", "| --- | --- | ---: | --- |"]
+        for c in report["checks"]:
+            lines.append(f"| {c['what']} | {c['model']} | {c['value']} | {'yes' if c['ok'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, of: {','.join(SYSTEMS)}")
+    ap.add_argument("--concurrency", default="1,8,32,64", help="client counts, comma-separated")
+    ap.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (exact: ignore_eos)")
+    ap.add_argument("--quick", action="store_true", help="fewer requests per level")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve"))
+    ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "pipeline-bench-serve"))
+    args = ap.parse_args(argv)
+
+    from pipeline.engine import build_tiny_model, resolve_model
+
+    work = Path(args.work)
+    paths = {"tiny": lambda: str(build_tiny_model(work / "tiny-model")), "smollm2": lambda: str(resolve_model(None))}
+    levels = [int(c) for c in args.concurrency.split(",")]
+    report: dict[str, Any] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0]},
+        "engine": ENGINE,
+        "omp_bind": OMP_BIND,
+        "max_tokens": args.max_tokens,
+        "concurrency": levels,
+        "results": {},
+    }
+    for name in args.models.split(","):
+        model = paths[name]()
+        print(f"{name}: {model}", flush=True)
+        report["results"][name] = {}
+        for system in args.systems.split(","):
+            try:
+                report["results"][name][system] = measure(system, model, levels, args.max_tokens, work / name, args.quick)
+            except Exception as e:  # noqa: BLE001 - a system that cannot run here is reported, not fatal
+                print(f"  {system}: could not run: {e}", flush=True)
+                report["results"][name][system] = {"error": str(e)[-2000:]}
+    report["checks"] = checks(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    table = render_table(report)
+    (out / "table.md").write_text(table)
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
