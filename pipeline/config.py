@@ -317,6 +317,12 @@ class HTTPConfig(_Model):
     access_log: bool = Field(
         False, description="Ray Serve's per-request access log lines (off by default: they cost CPU on every request)."
     )
+    stream_interval_ms: float = Field(
+        50,
+        ge=0,
+        description="Streamed answers: after the first token (sent at once), pieces go out at most this often, "
+        "several tokens per write (fewer messages through Serve's proxy; Ray Serve LLM does the same). 0: every token.",
+    )
 
 
 class LimitsConfig(_Model):

@@ -330,3 +330,40 @@ def test_sampling_parameters_vllm_refuses_are_422(tiny_tokenizer):
     error_of(run(post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 4, "min_tokens": 8})), 422, "invalid_request")
     ok = run(post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 4, "min_tokens": 4, "ignore_eos": True}))
     assert ok.status_code == 200
+
+
+def _events(r: httpx.Response) -> list:
+    return [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event_and_is_aborted(tiny_tokenizer):
+    # 6 words, 0.2 s each: the first arrives in time (200 is sent), the deadline passes after.
+    service, app = make(tiny_tokenizer, delay=0.2, limits={**LIMITS, "request_timeout_s": 0.5})
+    r = run(post(app, "/v1/chat/completions", {**CHAT, "stream": True}))
+    assert r.status_code == 200
+    events = _events(r)
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "word"
+    assert json.loads(events[-1])["error"]["kind"] == "timeout" and "[DONE]" not in events
+    assert service.engine.cancelled == 1 and service.engine.in_flight == 0 and service.admission.admitted == 0
+
+
+def test_a_stream_that_fails_before_its_first_token_gets_a_status(tiny_tokenizer):
+    service, app = make(tiny_tokenizer, delay=1.0, limits={**LIMITS, "request_timeout_s": 0.3})
+    error_of(run(post(app, "/v1/completions", {"model": "tiny-llama", "prompt": "x", "stream": True})), 504, "timeout")
+    assert service.engine.in_flight == 0 and service.admission.admitted == 0
+
+
+def test_an_engine_dying_mid_stream_ends_it_with_unavailable(tiny_tokenizer):
+    service, app = make(tiny_tokenizer, delay=0.1)
+
+    async def go():
+        async with client(app) as c:
+            task = asyncio.ensure_future(c.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+            await asyncio.sleep(0.25)
+            service.engine.dead = True
+            return await task
+
+    r = run(go())
+    assert r.status_code == 200
+    assert json.loads(_events(r)[-1])["error"]["kind"] == "unavailable"
+    assert service.engine.in_flight == 0 and service.admission.admitted == 0
