@@ -99,7 +99,7 @@ def command(system: str, model: str, engine: dict[str, Any], port: int, work: Pa
             "engine": engine,
             "http": {"host": "127.0.0.1", "port": port},
             # Limits out of the benchmark's way: it measures serving, not refusals.
-            "limits": {"max_tokens": 1024, "max_chars": 100_000, "request_timeout_s": 900},
+            "limits": {"max_tokens": kw["max_model_len"] // 2, "max_chars": 100_000, "request_timeout_s": 900},
             "resources": {"num_cpus": 4},
         }
         path = work / "ours.yaml"
