@@ -56,11 +56,16 @@ def bodies(model_id: str, n: int, max_tokens: int, start: int = 0) -> list[dict[
     return out
 
 
-def requests_for(concurrency: int, quick: bool) -> int:
-    return max(8, 2 * concurrency) if quick else max(20, 4 * concurrency)
+# Requests per client at each level (at least 16 requests per level): fewer on the real
+# model, where each request takes seconds.
+ROUNDS = {"tiny": 4, "smollm2": 2}
 
 
-def measure(system: str, model: str, levels: list[int], max_tokens: int, work: Path, quick: bool) -> dict[str, Any]:
+def requests_for(concurrency: int, rounds: int, quick: bool) -> int:
+    return max(8, 2 * concurrency) if quick else max(16, rounds * concurrency)
+
+
+def measure(system: str, model: str, levels: list[int], max_tokens: int, rounds: int, work: Path, quick: bool) -> dict[str, Any]:
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": OMP_BIND, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     running = start(system, model, ENGINE, work, env)
@@ -70,7 +75,7 @@ def measure(system: str, model: str, levels: list[int], max_tokens: int, work: P
         out = {"startup_seconds": round(running.startup_seconds, 1), "levels": []}
         offset = 0
         for c in levels:
-            n = requests_for(c, quick)
+            n = requests_for(c, rounds, quick)
             res = asyncio.run(run_level(running.url, bodies(running.model_id, n, max_tokens, start=offset), c))
             offset += n
             print(
@@ -165,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["results"][name] = {}
         for system in args.systems.split(","):
             try:
-                report["results"][name][system] = measure(system, model, levels, args.max_tokens, work / name, args.quick)
+                report["results"][name][system] = measure(system, model, levels, args.max_tokens, ROUNDS[name], work / name, args.quick)
             except Exception as e:  # noqa: BLE001 - a system that cannot run here is reported, not fatal
                 print(f"  {system}: could not run: {e}", flush=True)
                 report["results"][name][system] = {"error": str(e)[-2000:]}

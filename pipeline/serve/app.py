@@ -79,11 +79,11 @@ def create_app(service: Service) -> FastAPI:
     # then the body limit.
     app.add_middleware(BodySizeLimit, max_bytes=service.cfg.limits.max_body_bytes)
     app.add_middleware(BearerAuth, digests=service.api_key_digests, open_paths=[LIVENESS_PATH])
-    _document_errors(app)
+    _document_errors(app, service.model_name)
     return app
 
 
-def _document_errors(app: FastAPI) -> None:
+def _document_errors(app: FastAPI, model_name: str) -> None:
     """FastAPI documents its own 422 body (`HTTPValidationError`); ours is ErrorResponse."""
     original = app.openapi
 
@@ -99,6 +99,11 @@ def _document_errors(app: FastAPI) -> None:
         comps = schema.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             comps.pop(name, None)
+        # One model is served: say which (another name is a 404, as on vLLM's server).
+        for name in ("ChatCompletionRequest", "CompletionRequest"):
+            model = comps.get(name, {}).get("properties", {}).get("model")
+            if model is not None:
+                model["enum"] = [model_name]
         app.openapi_schema = schema
         return schema
 

@@ -10,6 +10,7 @@ served: tools, logprobs, response formats (a request using them gets a 422 namin
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any, AsyncIterator, Optional
@@ -23,6 +24,8 @@ from pipeline.serve.routes import ERROR_RESPONSES
 from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, _OpenAIBody
 from pipeline.serve.service import ENGINE_POLL_S, Service
 from pipeline.tasks.prompting import encode_prompt, render_chat
+
+logger = logging.getLogger(__name__)
 
 _STREAM_DOC = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "With stream=true: server-sent events, then 'data: [DONE]'."}}
 
@@ -78,7 +81,10 @@ def _encode(service: Service, text: str, param: str) -> list[int]:
         )
     # A raw prompt gets the tokenizer's special tokens (BOS), as vLLM's own server does;
     # a chat prompt has them from its template.
-    return service.engine.tokenizer.encode(text)
+    ids = service.engine.tokenizer.encode(text)
+    if not ids:
+        raise ApiError(400, ErrorKind.INVALID_REQUEST, f"{param} is empty: nothing to complete", param=param)
+    return ids
 
 
 def _chat_prompt(service: Service, body: ChatCompletionRequest) -> list[int]:
@@ -174,7 +180,11 @@ class _Stream:
     def _failure(self, item: BaseException) -> ApiError:
         if isinstance(item, ApiError):
             return item
-        return self.service.unavailable(f"the engine failed ({item})")
+        try:
+            return self.service.engine_failure(item)
+        except Exception:  # noqa: BLE001 - not the engine's: a bug, logged, told as such
+            logger.exception("streamed request failed")
+            return ApiError(500, ErrorKind.INTERNAL_ERROR, f"{type(item).__name__}: {item}")
 
     async def frames(self, frame, prompt_tokens: int) -> AsyncIterator[bytes]:
         """SSE frames. Until the first one, a failure (deadline, dead engine) is raised, for

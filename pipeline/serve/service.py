@@ -99,6 +99,19 @@ class Service:
             retry_after=self.cfg.admission.retry_after_s,
         )
 
+    def engine_failure(self, e: Exception) -> ApiError:
+        """An exception from the engine as an answer: vLLM refusing the request (an empty
+        prompt, ...) is a 400; a dead or failing engine a 503 (retry: the replica is replaced)."""
+        from vllm.exceptions import VLLMClientError
+
+        from pipeline.engine.engine import EngineError
+
+        if isinstance(e, VLLMClientError):
+            return ApiError(400, ErrorKind.INVALID_REQUEST, f"the engine refused the request: {e}")
+        if isinstance(e, EngineError):
+            return self.unavailable(f"the engine failed ({e})")
+        raise e
+
     def timeout_error(self) -> ApiError:
         t = self.cfg.limits.request_timeout_s
         return ApiError(504, ErrorKind.TIMEOUT, f"the request took longer than {t:g}s (limits.request_timeout_s); its generation was aborted")
@@ -108,16 +121,16 @@ class Service:
         (504) or the engine dies (503). Either way out, the work is cancelled, which aborts
         its requests in the engine; so does a client that disconnects (Serve cancels this
         coroutine then)."""
-        from pipeline.engine.engine import EngineError
-
         started = False
         try:
             self.ensure_ready()
             async with self.admission(n):
                 started = True
                 return await self.until_done(asyncio.ensure_future(work), self.deadline())
-        except EngineError as e:
-            raise self.unavailable(f"the engine failed ({e})") from None
+        except ApiError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified: the request's fault, or the engine's
+            raise self.engine_failure(e) from None
         finally:
             if not started and asyncio.iscoroutine(work):
                 work.close()  # refused before it ran: no 'never awaited' warning

@@ -301,6 +301,7 @@ def test_openai_routes_refuse_clearly(tiny_tokenizer):
     long = {"model": "tiny-llama", "prompt": "\u00e9" * 120, "max_tokens": 30}
     err = error_of(run(post(app, "/v1/completions", long)), 400, "too_long")
     assert "256" in err["message"]
+    error_of(run(post(app, "/v1/completions", {"model": "tiny-llama", "prompt": ""})), 400, "invalid_request")
     lone_surrogate = b'{"model": "tiny-llama", "prompt": "bad \\ud800"}'  # valid JSON, not valid Unicode
     error_of(run(post(app, "/v1/completions", None, content=lone_surrogate, headers={"content-type": "application/json"})), 422, "invalid_request")
     r = run(post(app, "/v1/sentiment", None, content=b'{"texts": ["fine", "bad \\udfff"]}', headers={"content-type": "application/json"}))
@@ -367,3 +368,16 @@ def test_an_engine_dying_mid_stream_ends_it_with_unavailable(tiny_tokenizer):
     assert r.status_code == 200
     assert json.loads(_events(r)[-1])["error"]["kind"] == "unavailable"
     assert service.engine.in_flight == 0 and service.admission.admitted == 0
+
+
+def test_a_request_the_engine_refuses_is_400_not_500(tiny_tokenizer):
+    from vllm.exceptions import VLLMValidationError
+
+    service, app = make(tiny_tokenizer)
+
+    async def refuse(prompt, params, request_id=None):
+        raise VLLMValidationError("The decoder prompt cannot be empty")
+
+    service.engine.agenerate = refuse
+    err = error_of(run(post(app, "/v1/chat/completions", CHAT)), 400, "invalid_request")
+    assert "cannot be empty" in err["message"]

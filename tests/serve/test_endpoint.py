@@ -66,7 +66,8 @@ def check_error(r, status, kind):
 )
 def test_task_route_valid_input(server, route, params, columns):
     texts = ["The film was long but the ending was lovely.", "Prices rose by 3.5% in 2024."]
-    r = post(server, f"/v1/{route}", {"texts": texts, **params, "sampling": {"max_tokens": 8}} if route != "sentiment" else {"texts": texts, **params})
+    sampling = {} if route == "sentiment" else {"sampling": {"max_tokens": 8}}
+    r = post(server, f"/v1/{route}", {"texts": texts, **params, **sampling})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 2
@@ -195,50 +196,58 @@ def test_a_request_past_its_deadline_gets_504_and_its_generation_is_aborted(serv
 
 def _wait_in_flight(server, at_least: int, timeout: float = 10) -> int:
     deadline = time.monotonic() + timeout
+    seen = []
     while time.monotonic() < deadline:
+        t = time.monotonic()
         n = server.engine_state()["in_flight"]
+        seen.append((round(time.monotonic() - t, 3), n))
         if n >= at_least:
             return n
         time.sleep(0.05)
-    raise AssertionError(f"never saw {at_least} requests in flight")
+    raise AssertionError(f"never saw {at_least} requests in flight; (poll seconds, in flight): {seen[:20]}")
 
 
 def test_a_client_that_disconnects_aborts_its_generation(server):
-    # A non-streamed request whose client gives up after 1 s: the proxy cancels the
-    # replica's handler, which aborts the engine requests (1,500 tokens each: they would
-    # otherwise run for seconds).
+    # A non-streamed request whose client gives up after 1.5 s: the proxy cancels the
+    # replica's handler, which aborts the engine requests. They would otherwise run until
+    # the server's own deadline (4 s): the drop must come well before it.
     def give_up():
         try:
-            with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.0) as c:
-                c.post("/v1/summarize", json={"texts": ["a", "b", "c", "d"], **LONG, "sampling": {"max_tokens": 1200, "min_tokens": 1200, "ignore_eos": True}})
+            with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.5) as c:
+                c.post("/v1/summarize", json={"texts": ["a", "b", "c", "d"], **LONG})
         except httpx.TimeoutException:
             pass
 
+    t0 = time.monotonic()
     t = threading.Thread(target=give_up)
     t.start()
     assert _wait_in_flight(server, 4) == 4
     t.join()
-    t_gone = time.monotonic()
-    state = server.wait_idle(timeout=3)
+    gone = time.monotonic() - t0
+    state = server.wait_idle(timeout=2)
+    idle = time.monotonic() - t0
     assert state["in_flight"] == 0 and state["admitted"] == 0, state
-    assert time.monotonic() - t_gone < 3  # dropped at once, not when the generations would have ended
+    print(f"\nclient gone after {gone:.2f}s, engine idle after {idle:.2f}s (server deadline {TIMEOUT_S}s)")
+    assert idle < TIMEOUT_S - 0.3  # dropped on the disconnect, not at the deadline
 
-    # A stream read for a few chunks, then closed.
-    body = {"model": server.model, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 1200, "stream": True}
+    # A stream read for a few events, then closed.
+    body = {"model": server.model, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 1500, "min_tokens": 1500, "stream": True}
+    t0 = time.monotonic()
     with server.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in got)
         assert server.engine_state()["in_flight"] == 1
-    state = server.wait_idle(timeout=3)
+    state = server.wait_idle(timeout=2)
     assert state["in_flight"] == 0 and state["admitted"] == 0, state
+    assert time.monotonic() - t0 < TIMEOUT_S - 0.5
 
 
 def test_past_admission_requests_get_503_with_retry_after_at_once(server):
     async def go():
         async with server.async_client() as c:
-            body = {"texts": [f"t{i}" for i in range(8)], "sampling": {"max_tokens": 300, "min_tokens": 300, "ignore_eos": True}}
+            body = {"texts": [f"t{i}" for i in range(8)], "sampling": {"max_tokens": 150, "min_tokens": 150, "ignore_eos": True}}
             first = [asyncio.ensure_future(c.post("/v1/summarize", json=body)) for _ in range(2)]  # 16 texts: the bound
             while (await c.get("/health/ready")).json()["engine"]["admitted"] < 16:
                 await asyncio.sleep(0.05)
@@ -260,7 +269,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(server):
 
     def long_request():
         with server.client(timeout=60) as c:
-            body = {"texts": [f"t{i}" for i in range(4)], "sampling": {"max_tokens": 600, "min_tokens": 600, "ignore_eos": True}}
+            body = {"texts": [f"t{i}" for i in range(4)], "sampling": {"max_tokens": 300, "min_tokens": 300, "ignore_eos": True}}
             result["r"] = c.post("/v1/summarize", json=body)
 
     t = threading.Thread(target=long_request)
@@ -270,5 +279,5 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(server):
     t.join(timeout=60)
     r = result["r"]
     assert r.status_code == 200, r.text
-    assert [x["output_tokens"] for x in r.json()["results"]] == [600] * 4
+    assert [x["output_tokens"] for x in r.json()["results"]] == [300] * 4
     assert stop(server) == 0

@@ -177,7 +177,7 @@ def test_fuzz_openapi_no_server_errors(server, tmp_path):
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
         "--checks", "not_a_server_error",
-        "--max-examples", "12",
+        "--max-examples", "20",
         "--workers", "1",
         "--seed", "1",
         "--request-timeout", "60",
