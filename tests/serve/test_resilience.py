@@ -51,7 +51,33 @@ MAX_IN_FLIGHT = 48
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
+def batch_job(tiny_model, tmp_path_factory):
+    """`pipeline run` over TEXTS, started before the server so that the two start-ups (a
+    Ray cluster and an engine each) overlap; the agreement test waits for it."""
+    tmp = tmp_path_factory.mktemp("serve-batch")
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    job = tmp / "job.yaml"
+    spec = {
+        "input": {"paths": [str(corpus)], "id_field": "id"},
+        "output": {"path": str(tmp / "out")},
+        "tasks": TASKS_SPEC,
+        "model": {"path": str(tiny_model)},
+        "engine": ENGINE,
+        "resources": {"num_cpus": 2},
+    }
+    job.write_text(yaml.safe_dump(spec))
+    log = open(tmp / "run.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield proc, tmp / "out", tmp / "run.log"
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory, batch_job):
     with serve_process(
         tmp_path_factory.mktemp("serve-resilience"),
         str(tiny_model),
@@ -65,32 +91,19 @@ def server(tiny_model, tmp_path_factory):
 
 
 # -- batch and online agree -------------------------------------------------------------------
-def test_batch_and_online_give_the_same_results(server, tiny_model, tmp_path):
+def test_batch_and_online_give_the_same_results(server, batch_job):
     from pipeline.io.commit import read_dataset
 
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        yaml.safe_dump(
-            {
-                "input": {"paths": [str(corpus)], "id_field": "id"},
-                "output": {"path": str(tmp_path / "out")},
-                "tasks": TASKS_SPEC,
-                "model": {"path": str(tiny_model)},
-                "engine": ENGINE,
-                "resources": {"num_cpus": 2},
-            }
-        )
-    )
-    p = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job)], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    proc, out, log = batch_job
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
 
-    routes = {"sentiment": "sentiment", "summarization": "summarize", "translation": "translate"}
+    from pipeline.tasks import TASKS
+
+    routes = {name: cls.route for name, cls in TASKS.items()}
     compared = 0
     with server.client() as c:
         for task, route in routes.items():
-            batch = {r["row_id"]: r for r in read_dataset(str(tmp_path / "out"), task).to_pylist()}
+            batch = {r["row_id"]: r for r in read_dataset(str(out), task).to_pylist()}
             online = c.post(f"/v1/{route}", json={"texts": TEXTS}).json()["results"]
             for i, res in enumerate(online):
                 row = batch[f"doc-{i}"]
