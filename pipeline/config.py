@@ -323,6 +323,12 @@ class HTTPConfig(_Model):
         description="Streamed answers: after the first token (sent at once), pieces go out at most this often, "
         "several tokens per write (fewer messages through Serve's proxy; Ray Serve LLM does the same). 0: every token.",
     )
+    stream_tokens: int = Field(
+        1,
+        ge=1,
+        description="Streamed answers (OpenAI routes): the engine hands over new text every this many tokens "
+        "(the first token at once): less work per token in the replica, chunkier streams.",
+    )
 
 
 class LimitsConfig(_Model):

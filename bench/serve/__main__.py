@@ -22,10 +22,11 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.serve.load import run_level
+from bench.serve.load import cpu_delta, cpu_snapshot, run_level
 from bench.serve.servers import SYSTEMS, start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,10 @@ def measure(system: str, model: str, levels: list[int], max_tokens: int, rounds:
         offset = 0
         for c in levels:
             n = requests_for(c, rounds, quick)
+            before = cpu_snapshot(running.proc.pid)
+            client0 = time.process_time()
             res = asyncio.run(run_level(running.url, bodies(running.model_id, n, max_tokens, start=offset), c))
+            res.cpu_seconds = {**cpu_delta(before, cpu_snapshot(running.proc.pid)), "load client": round(time.process_time() - client0, 2)}
             offset += n
             print(
                 f"    c={c:<3} {res.requests_per_s:7.2f} req/s {res.output_tokens_per_s:8.1f} tok/s  "

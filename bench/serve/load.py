@@ -23,6 +23,19 @@ class Sample:
     ttft: Optional[float]  # request start -> first content token
     output_tokens: int
     status: int = 200
+    server: Optional[dict[str, float]] = None  # the Server-Timing header's durations (ms), where sent
+
+
+def parse_server_timing(value: Optional[str]) -> Optional[dict[str, float]]:
+    """'prep;dur=1.20, first-token;dur=8.00' -> {'prep': 1.2, 'first-token': 8.0}."""
+    if not value:
+        return None
+    out = {}
+    for part in value.split(","):
+        name, _, rest = part.strip().partition(";")
+        if rest.startswith("dur="):
+            out[name] = float(rest[4:])
+    return out or None
 
 
 @dataclass
@@ -38,6 +51,8 @@ class LevelResult:
     ttft_p50_ms: float
     ttft_p99_ms: float
     statuses: dict[str, int]
+    server_timing_ms: Optional[dict[str, float]] = None  # mean of each Server-Timing component
+    cpu_seconds: Optional[dict[str, float]] = None  # CPU time per process kind during the level
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +70,8 @@ def summarize(concurrency: int, samples: list[Sample], wall: float) -> LevelResu
     statuses: dict[str, int] = {}
     for s in samples:
         statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
+    timed = [s.server for s in ok if s.server]
+    server = {k: round(statistics.mean(t.get(k, 0.0) for t in timed), 2) for k in timed[0]} if timed else None
     lat = [s.latency for s in ok] or [float("nan")]
     ttft = [s.ttft for s in ok if s.ttft is not None] or [float("nan")]
     return LevelResult(
@@ -69,6 +86,7 @@ def summarize(concurrency: int, samples: list[Sample], wall: float) -> LevelResu
         ttft_p50_ms=round(statistics.median(ttft) * 1000, 1),
         ttft_p99_ms=round(percentile(ttft, 99) * 1000, 1),
         statuses=statuses,
+        server_timing_ms=server,
     )
 
 
@@ -81,6 +99,7 @@ async def one_request(session, url: str, body: dict[str, Any], headers: dict[str
             if r.status != 200:
                 await r.read()
                 return Sample(False, time.perf_counter() - t0, None, 0, r.status)
+            server = parse_server_timing(r.headers.get("Server-Timing"))
             buf = b""
             async for piece in r.content.iter_any():
                 buf += piece
@@ -96,7 +115,7 @@ async def one_request(session, url: str, body: dict[str, Any], headers: dict[str
                         ttft = time.perf_counter() - t0
                     if obj.get("usage"):
                         tokens = obj["usage"]["completion_tokens"]
-        return Sample(True, time.perf_counter() - t0, ttft, tokens)
+        return Sample(True, time.perf_counter() - t0, ttft, tokens, server=server)
     except Exception:  # noqa: BLE001 - a failed request is a data point, not a crash of the benchmark
         return Sample(False, time.perf_counter() - t0, None, 0, 0)
 
@@ -120,3 +139,52 @@ async def run_level(base_url: str, bodies: list[dict[str, Any]], concurrency: in
         await asyncio.gather(*(client() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     return summarize(concurrency, samples, wall)
+
+
+def process_kind(cmdline: str) -> str:
+    """Which part of a serving system a process is, from its command line / title."""
+    rules = [
+        ("EngineCore", "vLLM engine core"),
+        ("VLLM::Worker", "vLLM engine worker"),
+        ("VllmWorker", "vLLM engine worker"),
+        ("ServeReplica", "Serve replica"),
+        ("ProxyActor", "Serve proxy"),
+        ("ServeController", "Serve controller"),
+        ("vllm.entrypoints", "vLLM API server"),
+        ("pipeline serve", "driver"),
+        ("rayserve_llm_app", "driver"),
+        ("raylet", "Ray daemons"),
+        ("gcs_server", "Ray daemons"),
+        ("ray/", "Ray daemons"),
+    ]
+    for needle, kind in rules:
+        if needle in cmdline:
+            return kind
+    return "other"
+
+
+def cpu_snapshot(session: int) -> dict[int, tuple[str, float]]:
+    """pid -> (kind, user+system CPU seconds) of every process of a session."""
+    import os
+
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline", "name", "cpu_times"]):
+        try:
+            if os.getsid(p.pid) != session:
+                continue
+            title = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+            t = p.info["cpu_times"]
+            out[p.pid] = (process_kind(title), t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    return out
+
+
+def cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, per process kind."""
+    out: dict[str, float] = {}
+    for pid, (kind, t) in after.items():
+        out[kind] = out.get(kind, 0.0) + t - before.get(pid, (kind, 0.0))[1]
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}

@@ -90,11 +90,12 @@ def _wait_session_gone(sid: int, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-def command(system: str, model: str, engine: dict[str, Any], port: int, work: Path) -> list[str]:
+def command(system: str, model: str, engine: dict[str, Any], port: int, work: Path, spec: Optional[dict[str, Any]] = None) -> list[str]:
+    """The command line that starts `system`; `spec`: more serve-spec sections for ours."""
     model_id = Path(model).name
     kw = engine_kwargs(model, engine)
     if system == "ours":
-        spec = {
+        spec_: dict[str, Any] = {
             "model": {"path": model},
             "engine": engine,
             "http": {"host": "127.0.0.1", "port": port},
@@ -102,8 +103,10 @@ def command(system: str, model: str, engine: dict[str, Any], port: int, work: Pa
             "limits": {"max_tokens": kw["max_model_len"] // 2, "max_chars": 100_000, "request_timeout_s": 900},
             "resources": {"num_cpus": 4},
         }
+        for k, v in (spec or {}).items():
+            spec_[k] = {**spec_.get(k, {}), **v}
         path = work / "ours.yaml"
-        path.write_text(yaml.safe_dump(spec))
+        path.write_text(yaml.safe_dump(spec_))
         return [sys.executable, "-m", "pipeline", "serve", str(path)]
     if system == "vllm":
         flags = [
@@ -122,14 +125,16 @@ def command(system: str, model: str, engine: dict[str, Any], port: int, work: Pa
     raise ValueError(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
 
 
-def start(system: str, model: str, engine: dict[str, Any], work: Path, env: dict[str, str], timeout: float = 600) -> Running:
+def start(
+    system: str, model: str, engine: dict[str, Any], work: Path, env: dict[str, str], timeout: float = 600, spec: Optional[dict[str, Any]] = None
+) -> Running:
     """Start one system and wait until it answers a chat completion."""
     import httpx
 
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"{system}.log"
-    cmd = command(system, model, engine, port, work)
+    cmd = command(system, model, engine, port, work, spec)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: SIM115
     running = Running(system, proc, f"http://127.0.0.1:{port}", Path(model).name, log)

@@ -15,12 +15,12 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Optional
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from pipeline.errors import ErrorKind
 from pipeline.serve.limits import ApiError, check_max_tokens
-from pipeline.serve.routes import ERROR_RESPONSES
+from pipeline.serve.routes import ERROR_RESPONSES, TIMEOUT_HEADER
 from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, _OpenAIBody
 from pipeline.serve.service import ENGINE_POLL_S, Service
 from pipeline.tasks.prompting import encode_prompt, render_chat
@@ -66,6 +66,8 @@ def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: O
         # The whole answer at the end (the engine streams with a DELTA copy of its own).
         output_kind=RequestOutputKind.FINAL_ONLY,
     )
+    if service.cfg.http.stream_tokens > 1:
+        kw["stream_interval"] = service.cfg.http.stream_tokens
     from vllm.exceptions import VLLMClientError
 
     try:
@@ -114,14 +116,22 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _open_stream(service: Service, ids: list[int], params, frame) -> StreamingResponse:
+def server_timing(**seconds: float) -> dict[str, str]:
+    """A Server-Timing header (standard; browsers' and clients' tools show it): where this
+    replica spent a request's time, so that a client can tell it from the time in transit."""
+    return {"Server-Timing": ", ".join(f"{k.replace('_', '-')};dur={v * 1000:.2f}" for k, v in seconds.items())}
+
+
+async def _open_stream(service: Service, ids: list[int], params, frame, timeout: Optional[float], t0: float) -> StreamingResponse:
     """Admit the request and wait for its first chunk before answering 200, so that load,
     an engine being replaced or a deadline passed before any token still get their own
     status codes; then stream the rest."""
     service.ensure_ready()
-    stream = _Stream(service, service.engine.astream(ids, params), service.admission(1))
+    t_prep = time.perf_counter()
+    stream = _Stream(service, service.engine.astream(ids, params), service.admission(1), service.deadline(timeout))
     frames = stream.frames(frame, len(ids))
     first = await frames.__anext__()  # raises (and cleans up) when the stream fails before its first token
+    timing = server_timing(prep=t_prep - t0, first_token=time.perf_counter() - t_prep)
 
     async def body() -> AsyncIterator[bytes]:
         yield first
@@ -130,7 +140,7 @@ async def _open_stream(service: Service, ids: list[int], params, frame) -> Strea
 
     # `frames` has started: if the client leaves before `body` runs, closing `frames`
     # (directly or when it is collected) still releases admission and aborts the request.
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **timing})
 
 
 _END = object()
@@ -143,13 +153,13 @@ class _Stream:
     chunks from the queue with no per-chunk timer (measured: a wait with a timeout per
     chunk costs about 30 us, a plain queue get under 1 us)."""
 
-    def __init__(self, service: Service, chunks, admitted):
+    def __init__(self, service: Service, chunks, admitted, deadline: float):
         self.service, self.chunks, self.admitted = service, chunks, admitted
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.deadline = service.deadline()
+        self.deadline = deadline
         self.producer = asyncio.ensure_future(self._produce())
         self.loop = asyncio.get_running_loop()
-        self.timer = self.loop.call_later(min(ENGINE_POLL_S, service.cfg.limits.request_timeout_s), self._check)
+        self.timer = self.loop.call_later(min(ENGINE_POLL_S, max(0.0, deadline - time.monotonic())), self._check)
 
     async def _produce(self) -> None:
         try:
@@ -263,15 +273,18 @@ def openai_router(service: Service) -> APIRouter:
     responses = {**ERROR_RESPONSES, 400: ERROR_RESPONSES[422] | {"description": "The prompt does not fit the context (kind too_long), or the chat template refused the messages."}, **_STREAM_DOC}
 
     @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=responses)
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
+        t0 = time.perf_counter()
         _check_model(service, body.model)
         ids = _chat_prompt(service, body)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _sampling(service, body, len(ids), requested)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
-            return await _open_stream(service, ids, params, _Frames("chat", service.model_name, include_usage))
-        gen = await service.run(1, service.engine.agenerate(ids, params))
+            return await _open_stream(service, ids, params, _Frames("chat", service.model_name, include_usage), timeout, t0)
+        t_prep = time.perf_counter()
+        gen = await service.run(1, service.engine.agenerate(ids, params), timeout)
+        response.headers.update(server_timing(prep=t_prep - t0, generate=time.perf_counter() - t_prep))
         c = gen.completion
         return {
             "id": "chatcmpl-" + uuid.uuid4().hex,
@@ -283,7 +296,8 @@ def openai_router(service: Service) -> APIRouter:
         }
 
     @router.post("/v1/completions", response_model=Completion, responses=responses)
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
+        t0 = time.perf_counter()
         _check_model(service, body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         limits = service.cfg.limits
@@ -295,7 +309,7 @@ def openai_router(service: Service) -> APIRouter:
         params = [_sampling(service, body, len(x), body.max_tokens) for x in ids]
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _open_stream(service, ids[0], params[0], _Frames("completion", service.model_name, include_usage))
+            return await _open_stream(service, ids[0], params[0], _Frames("completion", service.model_name, include_usage), timeout, t0)
 
         async def all_prompts():
             jobs = [asyncio.ensure_future(service.engine.agenerate(x, p)) for x, p in zip(ids, params)]
@@ -306,7 +320,9 @@ def openai_router(service: Service) -> APIRouter:
                     j.cancel()
                 raise
 
-        gens = await service.run(len(ids), all_prompts())
+        t_prep = time.perf_counter()
+        gens = await service.run(len(ids), all_prompts(), timeout)
+        response.headers.update(server_timing(prep=t_prep - t0, generate=time.perf_counter() - t_prep))
         return {
             "id": "cmpl-" + uuid.uuid4().hex,
             "object": "text_completion",

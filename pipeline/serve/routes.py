@@ -8,9 +8,10 @@ as the batch row for the same text: `TaskResult.columns` plus `model`.
 
 import asyncio
 import inspect
-from typing import Any
+import time
+from typing import Any, Optional
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 
 from pipeline.serve.limits import text_problem
@@ -28,6 +29,14 @@ from pipeline.serve.service import Service
 from pipeline.tasks.base import Task
 from pipeline.tasks.execute import execute
 from pipeline.tasks.registry import TASKS
+
+# A client may ask for a deadline sooner than the server's (never later).
+TIMEOUT_HEADER = Header(
+    None,
+    alias="X-Request-Timeout",
+    gt=0,
+    description="Seconds this request may take (at most limits.request_timeout_s); past it 504, its generation aborted.",
+)
 
 LIVENESS_PATH = "/health/live"
 READINESS_PATH = "/health/ready"
@@ -81,16 +90,23 @@ def _task_endpoint(service: Service, name: str):
     request_model = task_request_model(cls, limits.max_texts, limits.max_chars)
     params = task_param_names(cls)
 
-    async def endpoint(body) -> dict[str, Any]:
+    async def endpoint(body, response: Response, timeout: Optional[float] = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
         texts = [body.text] if body.text is not None else list(body.texts)
         sampling = body.sampling.as_kwargs() if body.sampling is not None else None
         task = service.task(name, {p: getattr(body, p) for p in params}, sampling)
-        return {"results": await service.run(len(texts), run_texts(service, task, texts))}
+        results = await service.run(len(texts), run_texts(service, task, texts), timeout)
+        response.headers["Server-Timing"] = f"run;dur={(time.perf_counter() - t0) * 1000:.2f}"
+        return {"results": results}
 
     # The body's model is built at run time (from the registry and the limits), so the
     # signature FastAPI reads is given explicitly.
     endpoint.__signature__ = inspect.Signature(
-        [inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_model)]
+        [
+            inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_model),
+            inspect.Parameter("response", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Response),
+            inspect.Parameter("timeout", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=TIMEOUT_HEADER, annotation=Optional[float]),
+        ]
     )
     endpoint.__name__ = f"{name}_endpoint"
     return endpoint

@@ -114,9 +114,14 @@ class Service:
 
     def timeout_error(self) -> ApiError:
         t = self.cfg.limits.request_timeout_s
-        return ApiError(504, ErrorKind.TIMEOUT, f"the request took longer than {t:g}s (limits.request_timeout_s); its generation was aborted")
+        return ApiError(
+            504,
+            ErrorKind.TIMEOUT,
+            f"the request ran past its deadline (limits.request_timeout_s={t:g}s, or the client's X-Request-Timeout); "
+            "its generation was aborted",
+        )
 
-    async def run(self, n: int, work: Awaitable[T]) -> T:
+    async def run(self, n: int, work: Awaitable[T], timeout: Optional[float] = None) -> T:
         """Admit n texts, then await `work` until it is done, the request's deadline passes
         (504) or the engine dies (503). Either way out, the work is cancelled, which aborts
         its requests in the engine; so does a client that disconnects (Serve cancels this
@@ -126,7 +131,7 @@ class Service:
             self.ensure_ready()
             async with self.admission(n):
                 started = True
-                return await self.until_done(asyncio.ensure_future(work), self.deadline())
+                return await self.until_done(asyncio.ensure_future(work), self.deadline(timeout))
         except ApiError:
             raise
         except Exception as e:  # noqa: BLE001 - classified: the request's fault, or the engine's
@@ -135,8 +140,11 @@ class Service:
             if not started and asyncio.iscoroutine(work):
                 work.close()  # refused before it ran: no 'never awaited' warning
 
-    def deadline(self) -> float:
-        return time.monotonic() + self.cfg.limits.request_timeout_s
+    def deadline(self, timeout: Optional[float] = None) -> float:
+        """When a request started now must be done: limits.request_timeout_s, or sooner if its
+        client asked (the X-Request-Timeout header)."""
+        limit = self.cfg.limits.request_timeout_s
+        return time.monotonic() + (min(timeout, limit) if timeout is not None else limit)
 
     async def until_done(self, task: "asyncio.Future[T]", deadline: float) -> T:
         """The task's result, waited for until `deadline`. The engine is checked meanwhile:

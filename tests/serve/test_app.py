@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import httpx
 import pytest
@@ -200,7 +201,6 @@ def test_a_stuck_engine_fails_the_health_check(tiny_tokenizer):
     service.health.check()
     service.engine.in_flight = 3  # requests in flight, no token computed since
     service.health.check()
-    import time
 
     time.sleep(0.3)
     with pytest.raises(EngineUnhealthy, match="no token"):
@@ -381,3 +381,15 @@ def test_a_request_the_engine_refuses_is_400_not_500(tiny_tokenizer):
     service.engine.agenerate = refuse
     err = error_of(run(post(app, "/v1/chat/completions", CHAT)), 400, "invalid_request")
     assert "cannot be empty" in err["message"]
+
+
+def test_a_client_may_ask_for_a_sooner_deadline_never_a_later_one(tiny_tokenizer):
+    service, app = make(tiny_tokenizer, delay=1.0, limits={**LIMITS, "request_timeout_s": 0.4})
+    t0 = time.monotonic()
+    error_of(run(post(app, "/v1/summarize", {"text": "a"}, headers={"X-Request-Timeout": "0.1"})), 504, "timeout")
+    assert time.monotonic() - t0 < 0.35
+    t0 = time.monotonic()
+    error_of(run(post(app, "/v1/chat/completions", CHAT, headers={"X-Request-Timeout": "30"})), 504, "timeout")
+    assert time.monotonic() - t0 < 0.9  # the server's 0.4 s, not the 30 asked for
+    error_of(run(post(app, "/v1/summarize", {"text": "a"}, headers={"X-Request-Timeout": "-1"})), 422, "invalid_request")
+    assert service.engine.in_flight == 0
