@@ -206,6 +206,10 @@ class _Stream:
         produced, finish, first = 0, None, True
         pending: list[bytes] = []
         last_flush = 0.0
+        # Until some text has gone out, every frame goes at once: the engine's first chunks
+        # can be empty (a token that is part of a character), and the first token's time is
+        # what a client waits on.
+        text_sent = pending_text = False
         try:
             while finish is None:
                 item = await self.queue.get()
@@ -224,15 +228,18 @@ class _Stream:
                         yield b"".join(pending)
                         return
                     produced += len(item.token_ids)
-                    pending.append(_sse(frame(item.text, None, first)))
+                    if item.text or first:
+                        pending.append(_sse(frame(item.text, None, first)))
+                        pending_text = pending_text or bool(item.text)
                     first = False
                     if item.finish_reason is not None:
                         finish = item.finish_reason
                         break
                 now = time.monotonic()
-                if pending and (finish is not None or now - last_flush >= interval or last_flush == 0.0):
+                if pending and (finish is not None or not text_sent or now - last_flush >= interval):
                     yield b"".join(pending)
                     pending, last_flush = [], now
+                    text_sent, pending_text = text_sent or pending_text, False
             tail = [_sse(frame("", finish, False))]
             usage = frame.usage(prompt_tokens, produced)
             if usage is not None:

@@ -19,9 +19,11 @@ class FakeEngine:
     outputs, else `max_tokens` words (at most 6). `delay` seconds per request (or per
     streamed word); `dead` makes every request fail as a dead engine does."""
 
-    def __init__(self, tokenizer, delay: float = 0.0):
+    def __init__(self, tokenizer, delay: float = 0.0, empty_first_chunk: bool = False):
         self.tokenizer = tokenizer
         self.delay = delay
+        # Streams start with a chunk of no text (as vLLM's do when a token is part of a character).
+        self.empty_first_chunk = empty_first_chunk
         self.dead = False
         self.in_flight = 0
         self.finished_requests = 0
@@ -56,6 +58,9 @@ class FakeEngine:
         try:
             text, n, finish = self._answer(params)
             words = text.split(" ")
+            if self.empty_first_chunk:
+                await asyncio.sleep(self.delay)
+                yield StreamChunk("", (0,), None, len(prompt))
             for i, w in enumerate(words):
                 await asyncio.sleep(self.delay)
                 if self.dead:

@@ -393,3 +393,39 @@ def test_a_client_may_ask_for_a_sooner_deadline_never_a_later_one(tiny_tokenizer
     assert time.monotonic() - t0 < 0.9  # the server's 0.4 s, not the 30 asked for
     error_of(run(post(app, "/v1/summarize", {"text": "a"}, headers={"X-Request-Timeout": "-1"})), 422, "invalid_request")
     assert service.engine.in_flight == 0
+
+
+def test_a_stream_sends_its_first_text_at_once_then_coalesces(tiny_tokenizer):
+    """Driven as raw ASGI to see each body message and when it was sent: the role chunk,
+    then the first word as soon as it exists (the engine's first chunk had no text), then
+    the rest in as few writes as the interval (1 s here) allows."""
+    service, app = make(tiny_tokenizer, delay=0.1, http={"stream_interval_ms": 1000})
+    service.engine.empty_first_chunk = True
+    body = json.dumps({**CHAT, "max_tokens": 6, "stream": True}).encode()
+    sent: list[tuple[float, bytes]] = []
+
+    async def go():
+        t0 = time.monotonic()
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                 "http_version": "1.1", "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": ""}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(60)
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            if msg["type"] == "http.response.body" and msg.get("body"):
+                sent.append((time.monotonic() - t0, msg["body"]))
+
+        await app(scope, receive, send)
+
+    run(go())
+    texts = [[json.loads(e[6:]) for e in b.decode().split("\n\n") if e.startswith("data: {")] for _, b in sent]
+    first_word = next(i for i, evs in enumerate(texts) if any(c["choices"] and c["choices"][0]["delta"].get("content") for c in evs))
+    assert first_word <= 1 and sent[first_word][0] - sent[0][0] < 0.5  # 0.1 s after the role: not held for the 1 s interval
+    assert len(sent) <= 4  # 8 chunks (role, empty, 6 words) and the end in at most 4 writes
+    assert b"[DONE]" in sent[-1][1]
