@@ -33,7 +33,9 @@ DEPLOYMENT_NAME = "PipelineReplica"
 class PipelineReplica:
     """One replica: a started engine and the HTTP app answering with it."""
 
-    def __init__(self, cfg_json: str, model_path: str, model_name: str):
+    async def __init__(self, cfg_json: str, model_path: str, model_name: str):
+        import asyncio
+
         from pipeline.engine.engine import Engine, reap_orphaned_engines
         from pipeline.serve.auth import load_keys
         from pipeline.serve.service import Service
@@ -41,7 +43,8 @@ class PipelineReplica:
         cfg = ServeConfig.model_validate_json(cfg_json)
         digests = load_keys(cfg.auth)  # read here, on the replica's node: keys never pass through Ray
         reap_orphaned_engines()  # a replacement replica: free what a killed predecessor's engine held
-        self.engine = Engine(model_path, cfg.engine, cpus=cfg.resources.cpus_per_replica).start()
+        # Loaded in a thread: the replica's event loop keeps answering Serve meanwhile (~20 s).
+        self.engine = await asyncio.to_thread(Engine(model_path, cfg.engine, cpus=cfg.resources.cpus_per_replica).start)
         self.service = Service(cfg, self.engine, model_name, digests)
 
     def __serve_build_asgi_app__(self):

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pipeline.errors import ErrorKind
 from pipeline.serve.limits import ApiError, check_max_tokens
 from pipeline.serve.routes import ERROR_RESPONSES, TIMEOUT_HEADER
-from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, _OpenAIBody
+from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, _OpenAIBody, openai_request_models
 from pipeline.serve.service import ENGINE_POLL_S, Service
 from pipeline.tasks.prompting import encode_prompt, render_chat
 
@@ -277,10 +277,12 @@ class _Frames:
 
 def openai_router(service: Service) -> APIRouter:
     router = APIRouter(tags=["openai"])
+    limits = service.cfg.limits
+    ChatRequest, CompletionsRequest = openai_request_models(limits.max_tokens, limits.max_chars, limits.max_texts)
     responses = {**ERROR_RESPONSES, 400: ERROR_RESPONSES[422] | {"description": "The prompt does not fit the context (kind too_long), or the chat template refused the messages."}, **_STREAM_DOC}
 
     @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=responses)
-    async def chat_completions(body: ChatCompletionRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
+    async def chat_completions(body: ChatRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
         t0 = time.perf_counter()
         _check_model(service, body.model)
         ids = _chat_prompt(service, body)
@@ -303,7 +305,7 @@ def openai_router(service: Service) -> APIRouter:
         }
 
     @router.post("/v1/completions", response_model=Completion, responses=responses)
-    async def completions(body: CompletionRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
+    async def completions(body: CompletionsRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
         t0 = time.perf_counter()
         _check_model(service, body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)

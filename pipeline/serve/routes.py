@@ -34,8 +34,9 @@ from pipeline.tasks.registry import TASKS
 TIMEOUT_HEADER = Header(
     None,
     alias="X-Request-Timeout",
-    gt=0,
-    description="Seconds this request may take (at most limits.request_timeout_s); past it 504, its generation aborted.",
+    ge=1,
+    description="Seconds this request may take: at least 1, at most limits.request_timeout_s (a longer one is "
+    "shortened to it). Past it 504, its generation aborted.",
 )
 
 LIVENESS_PATH = "/health/live"
@@ -87,7 +88,8 @@ async def run_texts(service: Service, task: Task, texts: list[str]) -> list[dict
 def _task_endpoint(service: Service, name: str):
     cls = TASKS[name]
     limits = service.cfg.limits
-    request_model = task_request_model(cls, limits.max_texts, limits.max_chars)
+    defaults = frozenset(service.routes[name].model_dump(exclude_none=True))
+    request_model = task_request_model(cls, limits.max_texts, limits.max_chars, limits.max_tokens, defaults)
     params = task_param_names(cls)
 
     async def endpoint(body, response: Response, timeout: Optional[float] = None) -> dict[str, Any]:

@@ -83,8 +83,29 @@ def task_param_names(task_cls: type[Task]) -> list[str]:
     return [n for n in task_cls.config_model.model_fields if n not in TaskConfig.model_fields]
 
 
+class _TaskBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]})
+
+
 @functools.lru_cache(maxsize=None)
-def task_request_model(task_cls: type[Task], max_texts: int, max_chars: int) -> type[BaseModel]:
+def request_sampling_model(max_tokens: int) -> type[BaseModel]:
+    """The task's sampling overrides as a request may give them: max_tokens within the cap."""
+    return create_model(
+        "RequestSampling",
+        __base__=SamplingOverride,
+        __doc__=SamplingOverride.__doc__,
+        max_tokens=(Optional[int], Field(None, ge=1, le=max_tokens, description=f"Most tokens generated per answer (at most {max_tokens}).")),
+        min_tokens=(Optional[int], Field(None, ge=0, le=max_tokens, description="Fewest tokens generated before a stop may end the answer.")),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def task_request_model(
+    task_cls: type[Task], max_texts: int, max_chars: int, max_tokens: int, server_defaults: frozenset[str] = frozenset()
+) -> type[BaseModel]:
+    """A task route's body. The task's parameters are optional where the server has a default
+    for them (`server_defaults`) or the task does; a parameter the task requires and the
+    server does not default (translation's target_lang, say) is required here too."""
     text_type = Annotated[str, Field(max_length=max_chars)]
 
     def one_of(self):
@@ -92,23 +113,27 @@ def task_request_model(task_cls: type[Task], max_texts: int, max_chars: int) -> 
             raise ValueError("give exactly one of 'text' (one string) or 'texts' (a list of strings)")
         return self
 
+    params = optional_fields(task_cls.config_model, only=task_param_names(task_cls))
+    for name, f in task_cls.config_model.model_fields.items():
+        if name in params and f.is_required() and name not in server_defaults:
+            params[name] = (f.annotation, f)
+    # 'text' and 'texts' may be left out, not null: the document says so (one of them required).
     return create_model(
         f"{task_cls.__name__}Request",
-        __base__=_Body,
+        __base__=_TaskBody,
         __doc__=f"{task_cls.description} Parameters left out take the server's defaults, then the task's.",
         __validators__={"one_of": model_validator(mode="after")(one_of)},
-        text=(Optional[text_type], Field(None, description=f"One text (at most {max_chars} characters).")),
+        text=(text_type, Field(None, description=f"One text (at most {max_chars} characters).")),
         texts=(
-            Optional[list[text_type]],
+            list[text_type],
             Field(None, min_length=1, max_length=max_texts, description=f"Several texts (at most {max_texts}), answered in order."),
         ),
         sampling=(
-            Optional[SamplingOverride],
-            Field(None, description="Sampling overrides (greedy by default); max_tokens is capped by the server."),
+            Optional[request_sampling_model(max_tokens)],
+            Field(None, description=f"Sampling overrides (greedy by default); max_tokens at most {max_tokens}."),
         ),
-        **optional_fields(task_cls.config_model, only=task_param_names(task_cls)),
+        **params,
     )
-
 
 _ARROW_TYPES = {pa.string(): str, pa.bool_(): bool, pa.int32(): int, pa.int64(): int, pa.float64(): float}
 
@@ -258,3 +283,32 @@ class Completion(BaseModel):
 _OpenAIBody.model_rebuild()
 ChatCompletionRequest.model_rebuild()
 CompletionRequest.model_rebuild()
+
+
+@functools.lru_cache(maxsize=None)
+def openai_request_models(max_tokens: int, max_chars: int, max_texts: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The chat and completion bodies with this server's limits in them, so that the OpenAPI
+    document states them and validation enforces them."""
+    tokens = dict(
+        max_tokens=(Optional[int], Field(None, ge=1, le=max_tokens, description=f"Most tokens to generate (at most {max_tokens}).")),
+        min_tokens=(Optional[int], Field(None, ge=0, le=max_tokens, description="vLLM extension: fewest tokens before a stop may end the answer.")),
+    )
+    content = Annotated[str, Field(max_length=max_chars)]
+    message = create_model(
+        "ChatMessage", __base__=ChatMessage, content=(Union[content, list[TextPart]], Field(description=f"At most {max_chars} characters in all messages."))
+    )
+    chat = create_model(
+        "ChatCompletionRequest",
+        __base__=ChatCompletionRequest,
+        messages=(list[message], Field(min_length=1)),
+        max_completion_tokens=(Optional[int], Field(None, ge=1, le=max_tokens, description="Same as max_tokens (newer name).")),
+        **tokens,
+    )
+    prompt = Annotated[str, Field(min_length=1, max_length=max_chars)]
+    completion = create_model(
+        "CompletionRequest",
+        __base__=CompletionRequest,
+        prompt=(Union[prompt, Annotated[list[prompt], Field(min_length=1, max_length=max_texts)]], Field(description=f"A prompt, or up to {max_texts} (one choice each).")),
+        **tokens,
+    )
+    return chat, completion
