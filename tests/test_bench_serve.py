@@ -48,3 +48,13 @@ def test_every_system_gets_the_same_engine_settings(tmp_path, tiny_model):
     assert ServeConfig.from_yaml(ours[-1]).engine.model_dump(exclude_unset=True) == engine
     b = bodies("m", 3, 16)
     assert len({x["messages"][0]["content"] for x in b}) == 3 and all(x["max_tokens"] == 16 and x["ignore_eos"] for x in b)
+
+
+def test_passes_are_averaged_per_level():
+    from bench.serve.__main__ import combine
+
+    a, b = _res(100.0, 10.0), _res(80.0, 30.0)
+    got = combine([{**a, "startup_seconds": 1}, {**b, "startup_seconds": 2}])
+    lv = {x["concurrency"]: x for x in got["levels"]}
+    assert lv[32]["output_tokens_per_s"] == 90.0 and lv[1]["latency_p50_ms"] == 20.0 and lv[1]["requests"] == 2
+    assert len(got["passes"]) == 2 and combine([{"error": "x"}]) == {"error": "x"}
