@@ -178,13 +178,17 @@ class _Stream:
         if err is None:
             self.timer = self.loop.call_later(ENGINE_POLL_S, self._check)
             return
-        self.producer.cancel()
+        self._abort()
         self.queue.put_nowait(err)
+
+    def _abort(self) -> None:
+        if not self.producer.done() and not self.producer.cancelling():
+            self.producer.cancel()  # aborts the request in the engine
+            self.service.aborted += 1
 
     def close(self) -> None:
         self.timer.cancel()
-        if not self.producer.done():
-            self.producer.cancel()
+        self._abort()
         self.admitted.release()
 
     def _failure(self, item: BaseException) -> ApiError:

@@ -185,7 +185,8 @@ class EngineState(BaseModel):
     admitted: int = Field(description="Texts and prompts admitted into this replica now (admission.max_texts_in_flight bounds it).")
     running: Optional[float] = Field(None, description="vLLM: requests running.")
     waiting: Optional[float] = Field(None, description="vLLM: requests waiting for a slot.")
-    finished: int = Field(description="Requests finished since the replica started.")
+    finished: int = Field(description="Engine requests finished since the replica started.")
+    aborted: int = Field(description="Requests whose generation was aborted (deadline, dead engine, client gone) since the replica started.")
 
 
 class Readiness(BaseModel):

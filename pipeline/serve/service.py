@@ -42,6 +42,7 @@ class Service:
         self.admission = Admission(a.max_texts_in_flight, a.reject_status, a.retry_after_s)
         self.health = EngineHealth(engine, cfg.health.stall_timeout_s)
         self.routes = cfg.task_routes()  # task name -> server defaults
+        self.aborted = 0  # requests whose generation was aborted: deadline, dead engine, or the client left
         # Task objects per distinct effective config: a task builds its sampling params once,
         # and vLLM caches structured-output grammars per params, so reuse them.
         self._tasks: OrderedDict[str, Task] = OrderedDict()
@@ -164,6 +165,7 @@ class Service:
         finally:
             if not task.done():
                 task.cancel()
+                self.aborted += 1
 
     def engine_state(self) -> dict[str, Any]:
         m = self.engine.metrics()
@@ -173,4 +175,5 @@ class Service:
             "running": m.get("num_requests_running"),
             "waiting": m.get("num_requests_waiting"),
             "finished": self.engine.finished_requests,
+            "aborted": self.aborted,
         }

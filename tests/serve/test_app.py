@@ -177,6 +177,7 @@ def test_timeout_is_504_and_aborts_the_generation(tiny_tokenizer):
     r = run(post(app, "/v1/summarize", {"texts": ["a", "b"]}))
     error_of(r, 504, "timeout")
     assert service.engine.cancelled == 2 and service.engine.in_flight == 0 and service.admission.admitted == 0
+    assert service.aborted == 1
 
 
 def test_a_dead_engine_answers_503_and_fails_the_health_check(tiny_tokenizer):

@@ -194,39 +194,25 @@ def test_a_request_past_its_deadline_gets_504_and_its_generation_is_aborted(serv
     state = server.wait_idle(timeout=5)
     assert state["in_flight"] == 0 and state["running"] == 0, state
     assert state["finished"] == before  # aborted, none ran to its end
-
-
-def _wait_admitted(server, at_least: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.engine_state()["admitted"] >= at_least:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"never saw {at_least} texts admitted")
+    assert state["aborted"] >= 1
 
 
 def test_a_client_that_disconnects_aborts_its_generation(server):
     # A non-streamed request whose client gives up after 1 s: the proxy cancels the
     # replica's handler, which aborts the engine requests (seconds from their end).
-    before = server.engine_state()["finished"]
-
-    def give_up():
-        try:
-            with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.0) as c:
-                c.post("/v1/summarize", json={"texts": ["a", "b", "c", "d"], **LONG})
-        except httpx.TimeoutException:
-            pass
-
-    t = threading.Thread(target=give_up)
-    t.start()
-    _wait_admitted(server, 4)
-    t.join()
+    before = server.engine_state()
+    try:
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=1.0) as c:
+            c.post("/v1/summarize", json={"texts": ["a", "b", "c", "d"], **LONG})
+    except httpx.TimeoutException:
+        pass
     t_gone = time.monotonic()
     state = server.wait_idle(timeout=5)
     dropped_in = time.monotonic() - t_gone
     print(f"\nnon-streamed: engine idle {dropped_in:.2f}s after the client left")
     assert state["in_flight"] == 0 and state["admitted"] == 0, state
-    assert state["finished"] == before and dropped_in < 1.5  # aborted, not run to its end
+    assert state["aborted"] == before["aborted"] + 1 and state["finished"] == before["finished"]  # aborted, not run to its end
+    assert dropped_in < 1.5
 
     # A stream read for a few events, then closed.
     body = {"model": server.model, "messages": [{"role": "user", "content": "Go on."}], "max_tokens": 1500, "min_tokens": 1500, "stream": True}
@@ -235,13 +221,12 @@ def test_a_client_that_disconnects_aborts_its_generation(server):
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in got)
-        assert server.engine_state()["admitted"] == 1
     t_gone = time.monotonic()
     state = server.wait_idle(timeout=5)
     dropped_in = time.monotonic() - t_gone
     print(f"streamed: engine idle {dropped_in:.2f}s after the client left")
     assert state["in_flight"] == 0 and state["admitted"] == 0, state
-    assert state["finished"] == before and dropped_in < 1.5
+    assert state["aborted"] == before["aborted"] + 2 and state["finished"] == before["finished"] and dropped_in < 1.5
 
 
 def test_past_admission_requests_get_503_with_retry_after_at_once(server):
@@ -274,7 +259,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(server):
 
     t = threading.Thread(target=long_request)
     t.start()
-    _wait_admitted(server, 4)
+    time.sleep(0.5)  # admitted within milliseconds; about 2.6 s from its end
     server.proc.send_signal(signal.SIGTERM)
     t.join(timeout=60)
     r = result["r"]
