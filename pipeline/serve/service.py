@@ -37,7 +37,7 @@ class Service:
         self.model_name = model_name
         self.api_key_digests = api_key_digests
         self.created = int(time.time())
-        self.ctx = ExecContext(engine.tokenizer, cfg.engine.max_model_len, cfg.engine.context_policy)
+        self.ctx = ExecContext.for_engine(engine.tokenizer, cfg.engine)
         a = cfg.admission
         self.admission = Admission(a.max_texts_in_flight, a.reject_status, a.retry_after_s)
         self.health = EngineHealth(engine, cfg.health.stall_timeout_s)
