@@ -11,6 +11,7 @@
     pipeline schedule jobs/x.yaml --format crontab     # a crontab line, systemd units or a CronJob
     pipeline eval jobs/eval/imdb_sentiment.yaml -n 200 --out imdb.json   # metrics on a labeled sample
     pipeline eval --compare a.yaml b.yaml              # two variants, with a bootstrap interval
+    pipeline serve [serve.yaml] [--port 8000]          # the tasks online (Ray Serve), until Ctrl-C
 
 Heavy imports (ray, vllm, torch) happen inside the commands, so --help is instant.
 """
@@ -330,6 +331,144 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _serve_config_from_args(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from pipeline.config import ServeConfig, deep_merge
+    from pipeline.errors import UsageError
+
+    over: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = over
+        *head, last = path.split(".")
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = value
+
+    for path, value in [
+        ("model.path", args.model),
+        ("engine.max_model_len", args.max_model_len),
+        ("engine.max_num_seqs", args.max_num_seqs),
+        ("engine.kv_cache_gib", args.kv_cache_gib),
+        ("engine.dtype", args.dtype),
+        ("engine.device", args.device),
+        ("engine.context_policy", args.context_policy),
+        ("http.host", args.host),
+        ("http.port", args.port),
+        ("limits.max_texts", args.max_texts),
+        ("limits.max_chars", args.max_chars),
+        ("limits.max_tokens", args.max_tokens),
+        ("limits.max_body_bytes", args.max_body_bytes),
+        ("limits.request_timeout_s", args.request_timeout),
+        ("admission.max_texts_in_flight", args.max_texts_in_flight),
+        ("admission.max_queued_requests", args.max_queued_requests),
+        ("admission.reject_status", args.reject_status),
+        ("admission.retry_after_s", args.retry_after),
+        ("auth.api_keys_file", args.api_keys_file),
+        ("auth.api_keys_env", args.api_keys_env),
+        ("resources.replicas", args.replicas),
+        ("resources.cpus_per_replica", args.cpus_per_replica),
+        ("resources.ray_address", args.address),
+        ("resources.num_cpus", args.num_cpus),
+        ("health.drain_timeout_s", args.drain_timeout),
+        ("health.stall_timeout_s", args.stall_timeout),
+    ]:
+        put(path, value)
+    if args.min_replicas is not None or args.max_replicas is not None:
+        put("resources.autoscaling.min_replicas", args.min_replicas)
+        put("resources.autoscaling.max_replicas", args.max_replicas)
+    # --tasks picks the task routes; a task flag sets that route's default (and, without
+    # --tasks, leaves every route on).
+    names = _comma_list(args.tasks) if args.tasks else None
+    defaults: dict[str, dict[str, Any]] = {n: {} for n in names or []}
+    for tname, fname, flag, _ in _task_flags():
+        value = getattr(args, fname)
+        if value is None:
+            continue
+        if names is not None and tname not in names:
+            raise UsageError(f"{flag} is a setting of the {tname} task, which --tasks does not list")
+        defaults.setdefault(tname, {})[fname] = value
+    if names is not None:
+        over["tasks"] = defaults
+    elif defaults:
+        from pipeline.tasks import TASKS
+
+        over["tasks"] = {n: defaults.get(n, {}) for n in TASKS}
+    try:
+        if args.spec:
+            return ServeConfig.from_yaml(args.spec, over)
+        return ServeConfig.model_validate(deep_merge({}, over))
+    except ValidationError as e:
+        raise UsageError(_validation_message(e, args.spec).replace("invalid job", "invalid serve spec", 1)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _serve_config_from_args(args)
+    if args.check:
+        print(json.dumps(cfg.model_dump(), indent=2))
+        return ExitStatus.OK
+    from pipeline.serve.deployment import run
+
+    def ready(url: str) -> None:
+        routes = ", ".join(f"/v1/{r}" for r in _serve_routes(cfg))
+        auth = "API keys required" if cfg.auth.enabled else "no auth"
+        print(f"serving on {url} ({routes}; {auth}); docs at {url}/docs. Ctrl-C drains and stops.", flush=True)
+
+    run(cfg, on_ready=ready)
+    return ExitStatus.OK
+
+
+def _serve_routes(cfg) -> list[str]:
+    from pipeline.tasks import TASKS
+
+    return [TASKS[n].route for n in cfg.task_routes()] + ["chat/completions", "completions", "models"]
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.tasks import TASKS
+
+    p.add_argument("spec", nargs="?", help="serve spec (YAML); flags below override its fields")
+    p.add_argument("--check", action="store_true", help="validate and print the resolved config; start nothing")
+    p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--tasks", help=f"task routes to serve, comma-separated, of: {','.join(TASKS)} (default: all)")
+    for tname, fname, flag, parse in _task_flags():
+        field = TASKS[tname].config_model.model_fields[fname]
+        p.add_argument(flag, dest=fname, type=parse, metavar=fname.upper(),
+                       help=f"{tname} default: {field.description or fname}" + (" (comma-separated)" if parse is _comma_list else ""))
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--max-num-seqs", type=int, help="sequences the engine batches at once")
+    p.add_argument("--kv-cache-gib", type=float, help="CPU: KV cache per engine, GiB")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--context-policy", choices=["truncate", "reject"], help="text longer than the context")
+    p.add_argument("--max-texts", type=int, help="texts per request")
+    p.add_argument("--max-chars", type=int, help="characters per text")
+    p.add_argument("--max-tokens", type=int, help="cap on the tokens one answer may generate")
+    p.add_argument("--max-body-bytes", type=int, help="largest request body")
+    p.add_argument("--request-timeout", type=float, help="seconds before a request gets 504 (its generation aborted)")
+    p.add_argument("--max-texts-in-flight", type=int, help="per replica: texts in its engine at once; past it 503/429 at once")
+    p.add_argument("--max-queued-requests", type=int, help="Ray Serve: requests a proxy queues before turning more away")
+    p.add_argument("--reject-status", type=int, choices=[503, 429], help="status for a request turned away for load")
+    p.add_argument("--retry-after", type=int, help="Retry-After seconds on 503/429")
+    p.add_argument("--api-keys-file", metavar="FILE", help="API keys, one per line: clients send 'Authorization: Bearer KEY'")
+    p.add_argument("--api-keys-env", metavar="VAR", help="environment variable holding API keys (comma-separated)")
+    p.add_argument("--replicas", type=int, help="replicas (one engine each)")
+    p.add_argument("--min-replicas", type=int, help="autoscaling: fewest replicas")
+    p.add_argument("--max-replicas", type=int, help="autoscaling: most replicas")
+    p.add_argument("--cpus-per-replica", type=float)
+    p.add_argument("--address", help="Ray cluster address (default: a local cluster in-process)")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of the local cluster")
+    p.add_argument("--drain-timeout", type=float, help="seconds in-flight requests get to finish on shutdown")
+    p.add_argument("--stall-timeout", type=float, help="seconds busy without a token before a replica is replaced")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pipeline.engine.models import default_model_path, ensure_default_model
 
@@ -569,6 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate a job spec and print it resolved; starts nothing")
     _add_job_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("serve", help="serve the tasks (and OpenAI-compatible routes) over HTTP on Ray Serve")
+    _add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("runs", help="list the runs recorded in an output folder")
     p.add_argument("output")

@@ -17,6 +17,7 @@ from pydantic import Field, create_model, field_validator, model_validator
 from pipeline.tasks.base import TaskConfig
 from pipeline.tasks.registry import TASKS
 from pipeline.typed import StrictModel as _Model
+from pipeline.typed import optional_fields
 
 TASK_NAMES = tuple(TASKS)
 
@@ -263,12 +264,8 @@ class JobSpec(_Model):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "JobSpec":
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a job spec is a YAML mapping, got {type(data).__name__}")
-        base = Path(path).resolve().parent
-        _resolve_relative_paths(data, base)
+        data = _load_yaml(path, "a job spec")
+        _resolve_relative_paths(data, Path(path).resolve().parent)
         return cls.model_validate(deep_merge(data, overrides or {}))
 
     def result_fingerprint(
@@ -294,6 +291,14 @@ class JobSpec(_Model):
         }
         blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _load_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} is a YAML mapping, got {type(data).__name__}")
+    return data
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -323,3 +328,189 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = fix(model["path"])
+    auth = data.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("api_keys_file"), str):
+        auth["api_keys_file"] = fix(auth["api_keys_file"])
+
+
+# =====================================================================================
+# The online endpoint (`pipeline serve`): the same model, engine and task models as a job,
+# plus what serving needs (HTTP, limits, admission, auth, replicas, health).
+# =====================================================================================
+
+
+def _defaults_model(task_model: type[TaskConfig]) -> type[_Model]:
+    """The task's config model with every field optional: server-side defaults for a route.
+    A request's parameters are merged over them and the result is validated by the task's
+    own model, so a field required there (translation's target_lang) may come from either."""
+    return create_model(
+        f"{task_model.__name__}Defaults", __base__=_Model, __doc__=task_model.__doc__, **optional_fields(task_model)
+    )
+
+
+ServeTasksConfig = create_model(
+    "ServeTasksConfig",
+    __base__=_Model,
+    __doc__="The task routes to serve (POST /v1/<route>), each with server-side defaults for its "
+    "parameters; a request's own parameters override them. Omitted: all tasks, no defaults.",
+    **{
+        name: (Optional[_defaults_model(cls.config_model)], Field(None, description=f"POST /v1/{cls.route}: {cls.description}"))
+        for name, cls in TASKS.items()
+    },
+)
+
+
+def _all_task_routes():
+    return ServeTasksConfig(**{name: {} for name in TASK_NAMES})
+
+
+class HTTPConfig(_Model):
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; 0.0.0.0 to accept other machines.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    access_log: bool = Field(
+        False, description="Ray Serve's per-request access log lines (off by default: they cost CPU on every request)."
+    )
+    stream_interval_ms: float = Field(
+        50,
+        ge=0,
+        description="Streamed answers: after the first token (sent at once), pieces go out at most this often, "
+        "several tokens per write (fewer messages through Serve's proxy; Ray Serve LLM does the same). 0: every token.",
+    )
+    stream_tokens: int = Field(
+        1,
+        ge=1,
+        description="Streamed answers (OpenAI routes): the engine hands over new text every this many tokens "
+        "(the first token at once): less work per token in the replica, chunkier streams.",
+    )
+
+
+class LimitsConfig(_Model):
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; past it 413.")
+    max_texts: int = Field(32, ge=1, description="Texts per request on the task routes (and prompts per /v1/completions request); past it 422.")
+    max_chars: int = Field(
+        20_000, ge=1, description="Characters per text (task routes) or per prompt (all messages of a chat); past it 422."
+    )
+    max_tokens: int = Field(
+        512,
+        ge=1,
+        description="Most tokens one answer may generate. A request asking for more gets 422; a task's default above it is lowered to it.",
+    )
+    request_timeout_s: float = Field(
+        60, gt=0, description="A request still generating after this long gets 504 and its generation is aborted in the engine."
+    )
+
+
+class AdmissionConfig(_Model):
+    max_texts_in_flight: int = Field(
+        256,
+        ge=1,
+        description="Per replica: texts (task routes) and prompts (OpenAI routes) in its engine at once. A request "
+        "that would go past it is answered at once with reject_status and Retry-After, never queued.",
+    )
+    max_ongoing_requests: int = Field(
+        512,
+        ge=1,
+        description="Ray Serve: HTTP requests inside one replica at once (health and model routes included); more wait at the proxy.",
+    )
+    max_queued_requests: int = Field(
+        64,
+        ge=1,
+        description="Ray Serve: requests one proxy holds while every replica is at max_ongoing_requests (or none is up); "
+        "past it reject_status with Retry-After at once.",
+    )
+    reject_status: Literal[503, 429] = Field(503, description="Status of a request turned away for load (503 or 429).")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) sent with every 503/429 for load or an engine being replaced.")
+
+
+class AuthConfig(_Model):
+    api_keys_file: Optional[str] = Field(
+        None, description="File of API keys, one per line ('#' comments). Clients send 'Authorization: Bearer <key>'."
+    )
+    api_keys_env: Optional[str] = Field(
+        None, description="Name of an environment variable holding API keys (comma-separated)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys_file or self.api_keys_env)
+
+
+class AutoscalingConfig(_Model):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 scales to zero when idle).")
+    max_replicas: int = Field(ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        32, gt=0, description="Requests in flight per replica that Ray Serve's autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class ServeResourcesConfig(_Model):
+    replicas: int = Field(1, ge=1, description="Replicas (one vLLM engine each), when autoscaling is not set.")
+    autoscaling: Optional[AutoscalingConfig] = Field(None, description="Replica bounds for Ray Serve's autoscaler; replaces `replicas`.")
+    cpus_per_replica: float = Field(1, gt=0, description="Logical CPUs reserved per replica (its engine's threads on the CPU).")
+    gpus_per_replica: Optional[float] = Field(
+        None, ge=0, description="GPUs per replica; default tensor_parallel_size on CUDA, 0 on the CPU."
+    )
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); default starts a local one in-process."
+    )
+    num_cpus: Optional[int] = Field(None, ge=1, description="Logical CPUs of the in-process local cluster.")
+
+
+class HealthConfig(_Model):
+    check_period_s: float = Field(5, gt=0, description="How often Ray Serve asks each replica whether its engine is healthy.")
+    check_timeout_s: float = Field(30, gt=0, description="A health check unanswered this long fails.")
+    stall_timeout_s: float = Field(
+        60,
+        gt=0,
+        description="A replica whose engine has requests in flight but computes no token for this long is "
+        "unhealthy, and Ray Serve replaces it (as it does when the engine process dies).",
+    )
+    drain_timeout_s: float = Field(
+        30, ge=0, description="On shutdown or replacement, in-flight requests get this long to finish."
+    )
+
+
+class ServeConfig(_Model):
+    """`pipeline serve`: a Ray Serve application answering the tasks online, plus
+    OpenAI-compatible routes, on the same model and engine settings as a batch job."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    tasks: ServeTasksConfig = Field(default_factory=_all_task_routes)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    resources: ServeResourcesConfig = Field(default_factory=ServeResourcesConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    name: str = Field("pipeline", min_length=1, description="Ray Serve application name.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeConfig":
+        if self.limits.max_texts > self.admission.max_texts_in_flight:
+            raise ValueError(
+                f"limits.max_texts ({self.limits.max_texts}) is above admission.max_texts_in_flight "
+                f"({self.admission.max_texts_in_flight}): such a request could never be admitted"
+            )
+        if self.limits.max_tokens >= self.engine.max_model_len:
+            raise ValueError(
+                f"limits.max_tokens ({self.limits.max_tokens}) leaves no room for a prompt in "
+                f"engine.max_model_len ({self.engine.max_model_len})"
+            )
+        return self
+
+    def task_routes(self) -> dict[str, Any]:
+        """Enabled task name -> its server-side defaults, in registry order."""
+        return {n: getattr(self.tasks, n) for n in TASK_NAMES if getattr(self.tasks, n) is not None}
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "ServeConfig":
+        data = _load_yaml(path, "a serve spec")
+        _resolve_relative_paths(data, Path(path).resolve().parent)
+        return cls.model_validate(deep_merge(data, overrides or {}))

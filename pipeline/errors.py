@@ -28,7 +28,15 @@ class ErrorKind(str, enum.Enum):
     INVALID_OUTPUT = "invalid_output"  # the answer could not be parsed
     TRUNCATED_OUTPUT = "truncated_output"  # cut at max_tokens, or empty (policy error)
     GENERATION_ERROR = "generation_error"  # the engine failed this one request
-    TIMEOUT = "timeout"  # online: the request ran past its deadline
+    TIMEOUT = "timeout"  # online: the request ran past its deadline (504)
+    # The online request as a whole (pipeline serve): the `error.kind` of a non-200 answer.
+    INVALID_REQUEST = "invalid_request"  # a malformed body, a bad parameter or a limit passed (400/422)
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over limits.max_body_bytes (413)
+    UNAUTHORIZED = "unauthorized"  # no or a wrong API key (401)
+    NOT_FOUND = "not_found"  # no such route or model (404)
+    OVERLOADED = "overloaded"  # turned away for load, retry after Retry-After (503 or 429)
+    UNAVAILABLE = "unavailable"  # the replica's engine is dead or stuck and being replaced (503)
+    INTERNAL_ERROR = "internal_error"  # a bug: never expected (500)
 
     def __str__(self) -> str:  # f-strings and logs show the value
         return self.value

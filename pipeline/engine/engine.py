@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Any, AsyncIterator, Optional, Sequence
 
@@ -148,7 +149,9 @@ class Engine:
         self.last_progress = time.monotonic()
         self.finished_requests = 0  # running count, for live progress
         self._ids = itertools.count()
-        self._final: dict[int, Any] = {}  # id(params) -> (params, FINAL_ONLY copy)
+        # id(params) -> (params, FINAL_ONLY copy), most recently used last. Bounded: an online
+        # server sees new params objects with every request.
+        self._final: "OrderedDict[int, Any]" = OrderedDict()
         # The request limit (engine.max_requests_in_flight), taken on the engine's loop by
         # every request from every caller: a split document's hundred parts wait here, not
         # in vLLM's queue, and a whole text's request goes before them (priority).
@@ -364,6 +367,10 @@ class Engine:
             final = params.clone()
             final.output_kind = RequestOutputKind.FINAL_ONLY
             hit = self._final[id(params)] = (params, final)
+            if len(self._final) > 1024:
+                self._final.popitem(last=False)
+        else:
+            self._final.move_to_end(id(params))
         return hit[1]
 
     async def _generate_all(self, prompts: list, params: list) -> list[Any]:

@@ -97,6 +97,8 @@ class TaskOutputError(ValueError):
 
 class Task:
     name: ClassVar[str]
+    # The online endpoint's path for this task: POST /v1/<route> (a verb or noun a client reads).
+    route: ClassVar[str]
     description: ClassVar[str] = ""
     config_model: ClassVar[type[TaskConfig]] = TaskConfig
     # Bump when `parse` (or anything else that changes results besides the prompt and

@@ -18,11 +18,21 @@ class PromptTooLong(ValueError):
 
 
 def render_text(task: Task, text: str, tokenizer: Any) -> str:
-    messages = task.messages(text)
+    return render_chat(task.messages(text), tokenizer)
+
+
+def render_chat(messages: list[dict[str, str]], tokenizer: Any) -> str:
+    """Chat messages as the model's prompt text, the assistant's turn opened. The tasks'
+    prompts and the OpenAI-compatible chat route both come through here."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # Base models without a chat template: a plain instruction layout.
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
+    """Token ids of a rendered prompt (no special tokens added: the template wrote them)."""
+    return _encode(prompt, tokenizer)
 
 
 def _encode(prompt: str, tokenizer: Any) -> list[int]:

@@ -22,6 +22,7 @@ class SentimentConfig(TaskConfig):
 
 class Sentiment(Task):
     name = "sentiment"
+    route = "sentiment"
     description = "One label per text from a fixed set (default positive, negative, neutral)."
     config_model = SentimentConfig
     extra_columns = [

@@ -17,6 +17,7 @@ class SummarizationConfig(TaskConfig):
 
 class Summarization(Task):
     name = "summarization"
+    route = "summarize"
     description = "A summary of each text, bounded in words."
     config_model = SummarizationConfig
     extra_columns = [

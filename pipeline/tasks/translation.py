@@ -20,6 +20,7 @@ class TranslationConfig(TaskConfig):
 
 class Translation(Task):
     name = "translation"
+    route = "translate"
     description = "Each text translated into a target language."
     config_model = TranslationConfig
     extra_columns = [pa.field("source_lang", pa.string()), pa.field("target_lang", pa.string())]
