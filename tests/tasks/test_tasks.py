@@ -43,7 +43,7 @@ def test_sentiment_structured_choice_and_parse():
     t = tasks(sentiment={})["sentiment"]
     kw = t.sampling_kwargs()
     assert kw["structured_outputs"] == {"choice": ["positive", "negative", "neutral"]}
-    assert kw["logprobs"] == 1
+    assert kw["logprobs"] == 20
     out = t.parse(Completion(text="negative", token_ids=(5,), finish_reason="stop", cumulative_logprob=math.log(0.8)))
     assert out["label"] == "negative" and out["score"] == pytest.approx(0.8)
     with pytest.raises(TaskOutputError):
