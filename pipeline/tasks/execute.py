@@ -328,7 +328,9 @@ async def _join(task: Task, plan: SplitPlan, engine: EngineLike, ctx: ExecContex
     """Translate every part at once; join in order with the original paragraph breaks."""
     doc, planned = plan.doc, plan.parts
     n = len(planned)
-    answers = await _all([_ask(task, p.ids, ctx, engine, tally, f"part {k + 1} of {n}") for k, p in enumerate(planned)])
+    answers = await _all(
+        [_ask(task, p.ids, ctx, engine, tally, f"part {k + 1} of {n}", p.part.text) for k, p in enumerate(planned)]
+    )
     pieces: dict[int, list[str]] = {}
     redo: list[int] = []
     used = n
@@ -346,7 +348,9 @@ async def _join(task: Task, plan: SplitPlan, engine: EngineLike, ctx: ExecContex
             pieces.setdefault(part.paragraphs[0], []).append(_blank_lines_closed(a["output_text"]))
     if redo:
         again = [_prompt_ids(task, doc.paragraphs[i], ctx.tokenizer) for i in redo]
-        more = await _all([_ask(task, ids, ctx, engine, tally, f"paragraph {i + 1}") for i, ids in zip(redo, again)])
+        more = await _all(
+            [_ask(task, ids, ctx, engine, tally, f"paragraph {i + 1}", doc.paragraphs[i]) for i, ids in zip(redo, again)]
+        )
         for i, a in zip(redo, more):
             pieces[i] = [_blank_lines_closed(a["output_text"])]
     # Sentences of one paragraph translated apart are joined with a space (scripts without

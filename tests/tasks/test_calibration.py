@@ -47,11 +47,12 @@ def test_neutral_keeps_its_raw_probability_and_the_others_are_calibrated():
 
 def test_decide_and_the_neutral_threshold():
     q = {"positive": 0.45, "negative": 0.35, "neutral": 0.20}
-    assert cal.decide(q, "neutral", 0.0) == "positive"
-    assert cal.decide(q, "neutral", 0.5) == "positive"  # 0.45 / 0.8 of the others' probability
-    assert cal.decide(q, "neutral", 0.6) == "neutral"  # 0.5625 < 0.6: too close to call
-    assert cal.decide(q, None, 0.6) == "positive"  # no neutral label: the argmax
-    assert cal.decide({"positive": 0.2, "negative": 0.2, "neutral": 0.6}, "neutral", 0.0) == "neutral"
+    assert cal.decide(q) == "positive"
+    assert cal.decide(q, "neutral", neutral_ratio=3.5, threshold=3.0) == "neutral"  # 3.5x its content-free probability
+    assert cal.decide(q, "neutral", neutral_ratio=2.0, threshold=3.0) == "positive"
+    assert cal.decide(q, "neutral", neutral_ratio=3.5, threshold=None) == "positive"  # no threshold: the argmax
+    assert cal.decide(q, None, neutral_ratio=3.5, threshold=3.0) == "positive"  # no neutral label
+    assert cal.decide({"positive": 0.2, "negative": 0.2, "neutral": 0.6}, "neutral", 1.0, 3.0) == "neutral"
 
 
 def test_first_token_probabilities_from_top_logprobs():
@@ -115,7 +116,7 @@ def test_calibration_flips_the_lean_and_is_measured_once(ctx, tiny_tokenizer):
     # Every text is 0.55 positive raw: the model's lean, not the text. Calibrated, a text
     # that is less positive than the content-free inputs comes out negative.
     engine = LeaningEngine(tiny_tokenizer, lambda t: {"positive": 0.55, "negative": 0.35, "mixed": 0.10})
-    task = sentiment(neutral_threshold=0.0)
+    task = sentiment()
     results = run_rows(task, [f"review {i}" for i in range(8)], engine, ctx)
     assert sorted(engine.asked[:3]) == sorted(["N/A", "", "[MASK]"])
     assert len(engine.asked) == 3 + 8  # three content-free requests for all eight rows
@@ -136,19 +137,21 @@ def test_calibration_flips_the_lean_and_is_measured_once(ctx, tiny_tokenizer):
 
 
 def test_neutral_threshold_and_calibration_off(ctx, tiny_tokenizer):
-    engine = LeaningEngine(tiny_tokenizer, lambda t: {"positive": 0.7, "negative": 0.2, "mixed": 0.1})
-    # Exactly the content-free lean: calibrated, positive and negative are even, so neutral
-    # ("mixed" here) under a 0.6 threshold, and positive (the first of a tie) under 0.5.
-    (r,) = run_rows(sentiment(neutral_threshold=0.6), ["so-so"], engine, ctx)
+    probs = lambda t: {"positive": 0.59, "negative": 0.1, "mixed": 0.31}  # noqa: E731
+    # "mixed" (the neutral label here) at 3.1x its content-free probability (0.1): neutral at
+    # the default threshold 3, though positive is the most probable label.
+    (r,) = run_rows(sentiment(), ["so-so"], LeaningEngine(tiny_tokenizer, probs), ctx)
     assert r.columns["label"] == "mixed" and r.columns["raw_label"] == "positive"
-    assert r.columns["probabilities"] == pytest.approx({"positive": 0.45, "negative": 0.45, "mixed": 0.1}, abs=1e-4)
-    (r,) = run_rows(sentiment(neutral_threshold=0.5), ["so-so"], LeaningEngine(tiny_tokenizer, engine.probs), ctx)
-    assert r.columns["label"] == "positive"
-    off = LeaningEngine(tiny_tokenizer, lambda t: {"positive": 0.7, "negative": 0.2, "mixed": 0.1})
+    z = 0.59 / 0.7 + 0.1 / 0.2
+    assert r.columns["probabilities"] == pytest.approx({"positive": 0.69 * 0.59 / 0.7 / z, "negative": 0.69 * 0.5 / z, "mixed": 0.31}, abs=1e-4)
+    for threshold in (4.0, None):
+        (r,) = run_rows(sentiment(neutral_threshold=threshold), ["so-so"], LeaningEngine(tiny_tokenizer, probs), ctx)
+        assert r.columns["label"] == "positive"
+    off = LeaningEngine(tiny_tokenizer, probs)
     (r,) = run_rows(sentiment(calibration="off"), ["so-so"], off, ctx)
     assert off.asked == ["so-so"]  # nothing measured
-    assert r.columns["label"] == "positive" and r.columns["score"] == pytest.approx(0.7)
-    assert r.columns["raw_probabilities"]["positive"] == pytest.approx(0.7, abs=1e-4)
+    assert r.columns["label"] == "positive" and r.columns["score"] == pytest.approx(0.59)
+    assert r.columns["raw_probabilities"]["mixed"] == pytest.approx(0.31, abs=1e-4)
 
 
 def test_calibration_is_cached_on_disk_per_model_and_prompt(ctx, tiny_tokenizer, tiny_model, tmp_path, monkeypatch):
@@ -172,7 +175,7 @@ def test_long_text_parts_average_calibrated_probabilities(ctx, tiny_tokenizer):
     engine = LeaningEngine(tiny_tokenizer, lambda t: {"positive": 0.6, "negative": 0.3, "mixed": 0.1})
     small = ExecContext(tiny_tokenizer, max_model_len=128, context_policy="split")
     text = "\n\n".join(f"Paragraph {i} says a few words about the film and its cast." for i in range(30))
-    (r,) = run_rows(sentiment(neutral_threshold=0.0), [text], engine, small)
+    (r,) = run_rows(sentiment(), [text], engine, small)
     c = r.columns
     assert r.ok and c["parts"] > 1
     assert c["raw_label"] == "positive" and c["label"] == "negative"  # 0.6/0.7 < 0.3/0.2
