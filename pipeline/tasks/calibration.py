@@ -196,33 +196,10 @@ async def measure(task: "Sentiment", engine: "EngineLike", ctx: "ExecContext", l
     return Calibration(labels, tuple(p_cf[lab] for lab in labels), tuple(inputs), key)
 
 
-# One computation per (task, engine): concurrent rows wait for the first one's.
-_BOUND: dict[tuple[int, int], tuple[Any, Any, "asyncio.Future[Optional[Calibration]]"]] = {}
-
-
 async def calibration_for(task: "Sentiment", engine: "EngineLike", ctx: "ExecContext") -> Optional[Calibration]:
-    """The task's calibration on this engine: from memory, the disk cache, or measured now.
-    None when it cannot be had (labels sharing a first token, no log-probabilities)."""
-    slot = (id(task), id(engine))
-    held = _BOUND.get(slot)
-    loop = asyncio.get_running_loop()
-    if held is not None and held[0] is task and held[1] is engine and held[2].get_loop() is loop:
-        fut = held[2]
-        if not fut.done() or fut.exception() is None:
-            return await asyncio.shield(fut)
-    fut = loop.create_future()
-    _BOUND[slot] = (task, engine, fut)
-    try:
-        cal = await _compute(task, engine, ctx)
-    except BaseException as e:
-        fut.set_exception(e)
-        fut.exception()  # retrieved: a failure is retried by the next row, not logged as lost
-        raise
-    fut.set_result(cal)
-    return cal
-
-
-async def _compute(task: "Sentiment", engine: "EngineLike", ctx: "ExecContext") -> Optional[Calibration]:
+    """The task's calibration on this engine: from the disk cache, or measured now. None
+    when it cannot be had (labels sharing a first token, no log-probabilities). The task
+    keeps the result per engine (`Sentiment.bind`), so this runs once per engine."""
     label_ids = label_token_ids(task.cfg.labels, ctx.tokenizer)
     if label_ids is None:
         logger.warning("labels %s share a first token: sentiment is not calibrated", task.cfg.labels)

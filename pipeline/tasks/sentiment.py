@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -99,7 +100,8 @@ class Sentiment(Task):
         super().__init__(cfg)
         self._label_ids: Optional[dict[str, int]] = None
         self._calibration: Optional[cal.Calibration] = None
-        self._bound: dict[tuple[int, int], "Sentiment"] = {}  # (engine, tokenizer) ids -> bound copy
+        # (engine, tokenizer) ids -> the bound copy (a future while it is being measured)
+        self._bound: dict[tuple[int, int], "asyncio.Future[Sentiment]"] = {}
 
     def params(self) -> dict[str, Any]:
         return {"labels": ", ".join(self.cfg.labels)}
@@ -121,21 +123,30 @@ class Sentiment(Task):
     # -- binding to a model ---------------------------------------------------------------
     async def bind(self, engine: "EngineLike", ctx: "ExecContext") -> "Sentiment":
         """A copy that knows the model's label tokens and, with calibration on, its
-        content-free label distribution (measured once per model, prompt and label set)."""
+        content-free label distribution (measured once per model, prompt and label set).
+        Rows arriving together wait for the first one's binding."""
         if self._label_ids is not None:
             return self
         slot = (id(engine), id(ctx.tokenizer))
-        bound = self._bound.get(slot)
-        if bound is not None:
-            return bound
-        calibration = None
-        if self.cfg.calibration == "contextual":
-            calibration = await cal.calibration_for(self, engine, ctx)
+        loop = asyncio.get_running_loop()
+        fut = self._bound.get(slot)
+        if fut is not None and fut.get_loop() is loop and not (fut.done() and fut.exception() is not None):
+            return await asyncio.shield(fut)
+        fut = loop.create_future()
+        self._bound[slot] = fut
+        try:
+            calibration = None
+            if self.cfg.calibration == "contextual":
+                calibration = await cal.calibration_for(self, engine, ctx)
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: the next row tries again
+            raise
         bound = copy.copy(self)
         bound._label_ids = cal.label_token_ids(self.cfg.labels, ctx.tokenizer) or {}
         bound._calibration = calibration
         bound._bound = {}
-        self._bound[slot] = bound
+        fut.set_result(bound)
         return bound
 
     @property
