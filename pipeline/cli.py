@@ -46,6 +46,8 @@ def _task_flags() -> list[tuple[str, str, str, Any]]:
             base = args[0] if typing.get_origin(ann) is typing.Union and len(args) == 1 else ann
             if base in (str, int, float):
                 parse = base
+            elif typing.get_origin(base) is typing.Literal:  # checked against its values by the config model
+                parse = str
             elif typing.get_origin(base) is list:
                 parse = _comma_list
             else:

@@ -135,7 +135,8 @@ def task_request_model(
         **params,
     )
 
-_ARROW_TYPES = {pa.string(): str, pa.bool_(): bool, pa.int32(): int, pa.int64(): int, pa.float64(): float}
+_ARROW_TYPES = {pa.string(): str, pa.bool_(): bool, pa.int32(): int, pa.int64(): int, pa.float64(): float,
+                pa.map_(pa.string(), pa.float64()): dict[str, float]}
 
 
 @functools.lru_cache(maxsize=None)

@@ -47,13 +47,30 @@ class SamplingOverride(StrictModel):
     repetition_penalty: Optional[float] = Field(None, gt=0, description=">1 discourages repeating tokens.")
     ignore_eos: Optional[bool] = Field(None, description="Keep generating past the end-of-sequence token.")
     seed: Optional[int] = Field(None, description="Per-request seed for sampled (temperature > 0) answers.")
+    stop: Optional[list[str]] = Field(
+        None,
+        description="Strings that end an answer (not included in it); [] for none. Summaries and translations of "
+        "one-line texts stop at a line break by default.",
+    )
 
     def as_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class PromptExample(StrictModel):
+    """One worked example shown to the model before the text (a user turn, then the answer)."""
+
+    text: str = Field(description="The example's text, put through the user template like any text.")
+    answer: str = Field(description="The answer the model should give to it.")
+
+
 class PromptOverride(StrictModel):
     system: Optional[str] = Field(None, description="System message; replaces the task's default instruction.")
+    examples: Optional[list[PromptExample]] = Field(
+        None,
+        description="Worked examples put between the instruction and the text, as earlier turns of the chat; "
+        "replace the task's default examples ([] for none).",
+    )
     user: Optional[str] = Field(
         None,
         description="User message template; must contain '{text}'. Other fields: the task's parameters, e.g. {target_lang}.",
@@ -109,6 +126,9 @@ class Task:
     default_system: ClassVar[str]
     default_user: ClassVar[str] = "{text}"
     default_sampling: ClassVar[dict[str, Any]] = {}
+    # Worked examples (text, answer) shown before every text: a shared prompt prefix, so
+    # vLLM's prefix cache computes them once.
+    default_examples: ClassVar[list[tuple[str, str]]] = []
     # What context_policy 'split' does with the parts' answers (pipeline/tasks/execute.py):
     # 'join' them in order, 'reduce' them (answer the joined answers, recursively), or
     # 'aggregate' them (Task.aggregate).
@@ -127,10 +147,25 @@ class Task:
     def messages(self, text: str) -> list[dict[str, str]]:
         """Chat messages for one document. The system part is identical for every row,
         so it is a shared prefix that vLLM's prefix cache serves once."""
-        fields = {**self.params(), "text": text}
-        system = (self.cfg.prompt.system or self.default_system).format_map(_Missing(fields))
-        user = (self.cfg.prompt.user or self.default_user).format_map(_Missing(fields))
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        params = self.params()
+        system = (self.cfg.prompt.system or self.default_system).format_map(_Missing({**params, "text": text}))
+        template = self.cfg.prompt.user or self.default_user
+
+        def user(t: str) -> dict[str, str]:
+            return {"role": "user", "content": template.format_map(_Missing({**params, "text": t}))}
+
+        examples = self.default_examples
+        if self.cfg.prompt.examples is not None:
+            examples = [(e.text, e.answer) for e in self.cfg.prompt.examples]
+        shots = [m for t, a in examples for m in (user(t), {"role": "assistant", "content": a})]
+        return [{"role": "system", "content": system}, *shots, user(text)]
+
+    # -- binding to a model ---------------------------------------------------------------
+    async def bind(self, engine: Any, ctx: Any) -> "Task":
+        """The task as it runs on this engine (model and tokenizer): itself, unless it needs
+        something measured on the model first (sentiment's calibration). Called by
+        `pipeline.tasks.execute.execute` before every row; cached by the task."""
+        return self
 
     # -- long texts -------------------------------------------------------------------
     def context_policy(self, engine_default: Optional[str] = None) -> str:
@@ -165,6 +200,11 @@ class Task:
             self._params = self._build_sampling_params()
         return self._params
 
+    def sampling_params_for(self, text: str):
+        """SamplingParams for one text (a whole text or one part of a split one): the task's
+        one object unless the task varies them by text (translation of a one-line text)."""
+        return self.sampling_params()
+
     def _build_sampling_params(self):
         from vllm import SamplingParams
 
@@ -182,6 +222,7 @@ class Task:
             "system": cls.default_system,
             "user": cls.default_user,
             "sampling": cls.default_sampling,
+            "examples": cls.default_examples,
             "parser_version": cls.parser_version,
             "context_policy": cls.default_context_policy,
             "split_mode": cls.split_mode,

@@ -134,6 +134,10 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
     t0 = time.perf_counter()
     policy = task.context_policy(ctx.context_policy)
     try:
+        task = await task.bind(engine, ctx)  # e.g. sentiment's calibration, measured once per model
+    except _RequestFailed as e:
+        return TaskResult.failure(task.name, ErrorKind.GENERATION_ERROR, f"calibrating {task.name}: {e}")
+    try:
         if policy == "split":
             plan = plan_parts(task, text, ctx)
             if isinstance(plan, SplitPlan):
@@ -145,7 +149,7 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
         return TaskResult.failure(task.name, ErrorKind.TOO_LONG, str(e))
     t1 = time.perf_counter()
     try:
-        gen = await _generate(engine, ids, task.sampling_params(), ctx.retries)
+        gen = await _generate(engine, ids, task.sampling_params_for(text), ctx.retries)
     except _RequestFailed as e:
         return TaskResult.failure(task.name, ErrorKind.GENERATION_ERROR, str(e))
     result = finish(task, gen, truncated)
@@ -269,10 +273,14 @@ class _RowFailed(Exception):
         self.result = result
 
 
-async def _ask(task: Task, ids: list[int], ctx: ExecContext, engine: EngineLike, tally: _Tally, what: str) -> dict[str, Any]:
-    """One part's request: its parsed columns, or _RowFailed with the part named."""
+async def _ask(
+    task: Task, ids: list[int], ctx: ExecContext, engine: EngineLike, tally: _Tally, what: str, text: Optional[str] = None
+) -> dict[str, Any]:
+    """One part's request (`text`: the part's text, when the task's sampling depends on it):
+    its parsed columns, or _RowFailed with the part named."""
+    params = task.sampling_params() if text is None else task.sampling_params_for(text)
     try:
-        gen = await _generate(engine, ids, task.sampling_params(), ctx.retries, priority=PART_PRIORITY)
+        gen = await _generate(engine, ids, params, ctx.retries, priority=PART_PRIORITY)
     except _RequestFailed as e:
         raise _RowFailed(TaskResult.failure(task.name, ErrorKind.GENERATION_ERROR, f"{what}: {e}")) from None
     r = finish(task, gen, False)
@@ -320,7 +328,9 @@ async def _join(task: Task, plan: SplitPlan, engine: EngineLike, ctx: ExecContex
     """Translate every part at once; join in order with the original paragraph breaks."""
     doc, planned = plan.doc, plan.parts
     n = len(planned)
-    answers = await _all([_ask(task, p.ids, ctx, engine, tally, f"part {k + 1} of {n}") for k, p in enumerate(planned)])
+    answers = await _all(
+        [_ask(task, p.ids, ctx, engine, tally, f"part {k + 1} of {n}", p.part.text) for k, p in enumerate(planned)]
+    )
     pieces: dict[int, list[str]] = {}
     redo: list[int] = []
     used = n
@@ -338,7 +348,9 @@ async def _join(task: Task, plan: SplitPlan, engine: EngineLike, ctx: ExecContex
             pieces.setdefault(part.paragraphs[0], []).append(_blank_lines_closed(a["output_text"]))
     if redo:
         again = [_prompt_ids(task, doc.paragraphs[i], ctx.tokenizer) for i in redo]
-        more = await _all([_ask(task, ids, ctx, engine, tally, f"paragraph {i + 1}") for i, ids in zip(redo, again)])
+        more = await _all(
+            [_ask(task, ids, ctx, engine, tally, f"paragraph {i + 1}", doc.paragraphs[i]) for i, ids in zip(redo, again)]
+        )
         for i, a in zip(redo, more):
             pieces[i] = [_blank_lines_closed(a["output_text"])]
     # Sentences of one paragraph translated apart are joined with a space (scripts without

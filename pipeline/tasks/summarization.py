@@ -31,6 +31,10 @@ class Summarization(Task):
         "Reply with the summary only."
     )
     default_user = "{text}"
+    # A summary is one paragraph: a line break ends it. Without this stop the default model
+    # went on after its summary (the article's next lines, or one sentence over and over)
+    # until max_tokens; README, "Prompts for summaries and translations".
+    default_sampling = {"stop": ["\n"]}
     split_mode = "reduce"
 
     def params(self) -> dict[str, Any]:

@@ -45,6 +45,22 @@ class Translation(Task):
             "from_clause": f"from {src} " if src else "",
         }
 
+    def __init__(self, cfg: TranslationConfig):
+        super().__init__(cfg)
+        self._one_line: Any = None
+
+    def sampling_params_for(self, text: str):
+        """A one-line text's translation is one line: stop at the first line break, which
+        ends the commentary small models add after it ("This translation means ...").
+        A text with line breaks keeps them (no stop), and so does an explicit sampling.stop."""
+        if self.cfg.sampling.stop is not None or "\n" in text.strip():
+            return self.sampling_params()
+        if self._one_line is None:
+            p = self.sampling_params().clone()
+            p.stop = ["\n"]
+            self._one_line = p
+        return self._one_line
+
     def part_tokens(self, room: int) -> int:
         return min(room, int(self.max_output_tokens() / self.OUTPUT_TOKENS_PER_SOURCE_TOKEN))
 

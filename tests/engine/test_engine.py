@@ -12,6 +12,7 @@ from pipeline.tasks import build_tasks
 from pipeline.tasks.prompting import render_tokens
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "imdb_reviews.jsonl.gz"
+SHORT_REVIEWS = Path(__file__).resolve().parents[2] / "data" / "eval" / "short_reviews.jsonl"
 
 
 def test_dtype_follows_the_hardware(monkeypatch):
@@ -69,3 +70,45 @@ def test_summaries_and_translations_are_text(smollm2_engine):
         out = t.parse(g.completion)
         assert out["output_text"].strip(), t.name
         assert len(g.completion.token_ids) <= t.max_output_tokens()
+
+
+@pytest.mark.engine
+@pytest.mark.smollm2
+def test_calibration_moves_predicted_labels_toward_the_balanced_truth(smollm2_engine, tmp_path, monkeypatch):
+    """Contextual calibration on the real model, through execute() as batch and Serve run it:
+    on 200 short reviews (100 positive, 100 negative) the model's own answers lean to one
+    label; the calibrated labels are spread closer to the true 50/50, and no less accurate."""
+    import asyncio
+    from collections import Counter
+
+    from pipeline.tasks.execute import ExecContext, execute
+
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path))  # measured here, not read from an earlier run
+    rows = [json.loads(line) for line in SHORT_REVIEWS.open(encoding="utf-8")]
+    (task,) = build_tasks(TasksConfig(sentiment={}))  # the defaults: calibration on, neutral in the set
+    ctx = ExecContext(smollm2_engine.tokenizer, 1024, "truncate")
+
+    async def go():
+        return await asyncio.gather(*[execute(task, r["text"], smollm2_engine, ctx) for r in rows])
+
+    results = asyncio.run(go())
+    assert all(r.ok for r in results)
+    gold = [r["label"] for r in rows]
+    raw = [r.columns["raw_label"] for r in results]
+    calibrated = [r.columns["label"] for r in results]
+
+    def distance_to_truth(pred):  # total variation between predicted and true label shares
+        p, g = Counter(pred), Counter(gold)
+        return sum(abs(p[k] - g[k]) for k in set(p) | set(g)) / (2 * len(gold))
+
+    def accuracy(pred):
+        return sum(a == b for a, b in zip(pred, gold)) / len(gold)
+
+    print(f"raw {Counter(raw)} accuracy {accuracy(raw):.3f}; calibrated {Counter(calibrated)} accuracy {accuracy(calibrated):.3f}")
+    assert distance_to_truth(calibrated) < distance_to_truth(raw)
+    assert accuracy(calibrated) >= accuracy(raw)
+    for r in results:
+        assert sum(r.columns["probabilities"].values()) == pytest.approx(1.0)
+        assert r.columns["score"] == pytest.approx(r.columns["probabilities"][r.columns["label"]])
+    (cached,) = (tmp_path / "calibration").glob("*.json")
+    assert json.loads(cached.read_text())["labels"] == ["positive", "negative", "neutral"]

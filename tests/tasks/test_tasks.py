@@ -43,7 +43,7 @@ def test_sentiment_structured_choice_and_parse():
     t = tasks(sentiment={})["sentiment"]
     kw = t.sampling_kwargs()
     assert kw["structured_outputs"] == {"choice": ["positive", "negative", "neutral"]}
-    assert kw["logprobs"] == 1
+    assert kw["logprobs"] == 20
     out = t.parse(Completion(text="negative", token_ids=(5,), finish_reason="stop", cumulative_logprob=math.log(0.8)))
     assert out["label"] == "negative" and out["score"] == pytest.approx(0.8)
     with pytest.raises(TaskOutputError):
@@ -63,3 +63,24 @@ def test_schemas_hold_common_and_task_columns():
         assert {"output_text", "prompt_tokens", "output_tokens", "finish_reason", "model", "run_id"} <= set(names)
     assert {"label", "score"} <= set(ts["sentiment"].schema().names)
     assert {"source_lang", "target_lang"} <= set(ts["translation"].schema().names)
+
+
+def test_a_one_line_text_is_translated_up_to_the_first_line_break():
+    t = tasks(translation={"target_lang": "French"})["translation"]
+    assert t.sampling_params_for("A man rides a bicycle.").stop == ["\n"]
+    assert t.sampling_params_for("A man rides a bicycle.") is t.sampling_params_for("Another line.")  # built once
+    assert not t.sampling_params_for("First paragraph.\n\nSecond paragraph.").stop  # line breaks kept
+    assert not t.sampling_params().stop
+    explicit = tasks(translation={"target_lang": "French", "sampling": {"stop": []}})["translation"]
+    assert not explicit.sampling_params_for("A man rides a bicycle.").stop
+
+
+def test_worked_examples_are_earlier_turns_through_the_user_template():
+    t = tasks(translation={"target_lang": "French", "prompt": {
+        "user": "In French: {text}", "examples": [{"text": "Good morning.", "answer": "Bonjour."}]}})["translation"]
+    m = t.messages("Thank you.")
+    assert [x["role"] for x in m] == ["system", "user", "assistant", "user"]
+    assert m[1]["content"] == "In French: Good morning." and m[2]["content"] == "Bonjour."
+    assert m[3]["content"] == "In French: Thank you."
+    none = tasks(translation={"target_lang": "French", "prompt": {"examples": []}})["translation"]
+    assert [x["role"] for x in none.messages("x")] == ["system", "user"]
