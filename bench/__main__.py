@@ -215,6 +215,19 @@ def derive(r: dict[str, Any], flops: Optional[Any] = None, requests_per_row: int
     return r
 
 
+def vllm_threads(r: dict[str, Any], cores: int) -> list[int]:
+    """Compute threads of a raw-vLLM run whose worker was not seen (its model may run in the
+    engine-core process, with no OMP_NUM_THREADS of its own): from the binding it ran with,
+    as vLLM derives them (vllm/utils/ompmultiprocessing.py: a list binds one thread per
+    core; 'auto' keeps one core per engine for the scheduler)."""
+    from pipeline.engine.cpus import parse_cpu_list
+
+    bind = (r.get("env") or {}).get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    if bind == "auto":
+        return [max(1, cores - 1)]
+    return [] if bind == "nobind" else [len(parse_cpu_list(bind))]
+
+
 def system_dtype(r: dict[str, Any]) -> Optional[str]:
     """The dtype a system ran in, from what it reported."""
     d = r.get("detail") or {}
@@ -304,6 +317,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             r = run_system(system, wl_dir, out / "logs" / f"{spec.name}.{slug}.json", out / "logs" / f"{spec.name}.{slug}.log", options)
             if not r.get("failed"):
                 r["dtype"] = system_dtype(r)
+                if system == "vllm" and not r.get("engine_threads"):
+                    r["engine_threads"] = vllm_threads(r, cores)
                 if system == "transformers":  # in-process torch: its intra-op threads
                     r["engine_threads"] = [((r.get("detail") or {}).get("torch_threads") or {}).get("intra_op") or cores]
             r = derive(r, flops, per_row)

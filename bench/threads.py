@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.__main__ import FIXED, ROOT, _physical_cores, derive, measure_peaks, models, run_system, system_dtype
+from bench.__main__ import FIXED, ROOT, _physical_cores, derive, measure_peaks, models, run_system, system_dtype, vllm_threads
 
 
 def configurations(cores: int) -> list[tuple[str, str, dict[str, Any], str]]:
@@ -94,6 +94,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         r = run_system(system, wl.dir, out / "logs" / f"{name}.{slug}.json", out / "logs" / f"{name}.{slug}.log", options)
         if not r.get("failed"):
             r["dtype"] = system_dtype(r)
+            if system == "vllm" and not r.get("engine_threads"):
+                r["engine_threads"] = vllm_threads(r, cores)
         r = derive(r, flops)
         r["predicted"] = predicted
         results[label] = r

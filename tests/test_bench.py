@@ -101,3 +101,11 @@ def test_mfu_is_model_flops_over_the_engines_measured_peaks(monkeypatch):
     assert r["mfu"] == r["gflops_s"] / 700.0
     r = b.derive({**_r(10, 5, 10), "prompt_tokens": 3000, "dtype": "float32", "engine_threads": [2]}, model)
     assert r["mfu"] is None and r["gflops_s"] > 0  # no peak measured for fp32 x2: no MFU, not a guess
+
+
+def test_raw_vllms_threads_follow_its_binding_when_its_worker_is_not_seen():
+    from bench.__main__ import vllm_threads
+
+    assert vllm_threads({"env": {}}, 8) == [7]  # vLLM's auto keeps a core for its scheduler
+    assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}}, 2) == [2]
+    assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0,2,4"}}, 8) == [3]
