@@ -110,21 +110,19 @@ _OURS_MARK, _OURS = "PIPELINE_CPU_BIND", "\0"
 
 
 def _worker_omp_threads() -> Optional[int]:
-    """OMP_NUM_THREADS of the process under this one that runs the model on the CPU (vLLM's
-    worker; its engine-core process when vLLM runs the model there): what it computes with."""
+    """OMP_NUM_THREADS of vLLM's CPU worker under this process (vLLM sets it to the cores it
+    binds, vllm/utils/ompmultiprocessing.py); None when no worker is seen."""
     import psutil
 
-    found: dict[str, int] = {}
-    try:
-        for p in psutil.Process().children(recursive=True):
-            title = " ".join(p.cmdline() or []) or p.name()
-            for role in ("Worker", "EngineCore"):
-                value = p.environ().get("OMP_NUM_THREADS") if role in title else None
+    for p in psutil.Process().children(recursive=True):
+        try:  # one child may exit while we look (a helper process): skip it, not the rest
+            if "Worker" in " ".join(p.cmdline() or []) + " " + p.name():
+                value = p.environ().get("OMP_NUM_THREADS")
                 if value:
-                    found[role] = int(value)
-    except (psutil.Error, ValueError):
-        pass
-    return found.get("Worker", found.get("EngineCore"))
+                    return int(value)
+        except (psutil.Error, ValueError):
+            continue
+    return None
 
 
 def claim_cpu_slot(cfg: EngineConfig, engines_per_node: int) -> "SlotClaim":
@@ -300,6 +298,12 @@ class Engine:
         if self.device == "cpu":
             out["cpu_bind"] = self.cpu_bind
             threads = _worker_omp_threads()
+            if threads is None and self.cpu_bind not in (None, "auto", "nobind"):
+                # no worker process seen (the model may run in the engine-core process): the
+                # binding's cores, one thread each, as vLLM sets them up
+                from pipeline.engine.cpus import parse_cpu_list
+
+                threads = len(parse_cpu_list(self.cpu_bind))
             if threads is not None:
                 out["compute_threads"] = threads
         return out
