@@ -164,8 +164,16 @@ def _print_summary(s) -> None:
               f"(pipeline {s.pipeline_seconds}s, incl. engine start-up)")
     if s.output_tokens_per_second_after_startup is not None:
         print(f"  after start-up: {s.rows_per_second_after_startup:,} rows/s, "
-              f"{s.output_tokens_per_second_after_startup:,} output tok/s over {s.steady_seconds}s "
+              f"{s.output_tokens_per_second_after_startup:,} output tok/s, {s.tokens_per_second_after_startup:,} "
+              f"prompt + output tok/s over {s.steady_seconds}s "
               f"(start-up {s.startup_seconds}s, of which engine load {s.engine_load_seconds}s)")
+    u = s.flop_utilization
+    if u is not None:
+        if u.mfu is not None:
+            print(f"  model FLOP utilization: {u.mfu:.1%} ({u.gflops_per_second:,} GFLOP/s of a measured "
+                  f"{u.peak_gflops:,} GFLOP/s matrix peak)")
+        else:
+            print(f"  model FLOPs: {u.gflops_per_second:,} GFLOP/s; no utilization: {u.note}")
     b = s.startup_breakdown
     if b:
         print(f"  start-up: plan {b.plan}s, Ray {b.ray_init}s, until the first actor ran {b.until_actor}s, "

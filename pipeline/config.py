@@ -147,7 +147,22 @@ class EngineConfig(_Model):
     seed: int = Field(0, description="Engine seed, for reproducible sampling.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallelism).")
     enforce_eager: bool = Field(True, description="Skip graph capture: faster start-up, small cost on GPUs.")
-    cpu_threads: Optional[int] = Field(None, ge=1, description="CPU only: OpenMP threads per engine (default: the actor's CPUs).")
+    cpu_threads: Optional[int] = Field(
+        None, ge=1, description="CPU only: at most this many compute threads per engine (default: one per core of its slot, "
+        "minus the reserved ones; pipeline/engine/cpus.py)."
+    )
+    cpu_bind: Optional[str] = Field(
+        None,
+        description="CPU only: the cores the engine's compute threads bind to, in VLLM_CPU_OMP_THREADS_BIND syntax "
+        "('0-15', '0,2,4'), or 'auto' (vLLM's own choice: it keeps one core per engine for its scheduler) or 'nobind'. "
+        "Default: planned from the machine (the cores of the engine's slot; an exported VLLM_CPU_OMP_THREADS_BIND wins).",
+    )
+    cpu_reserved_cores: Optional[int] = Field(
+        None,
+        ge=0,
+        description="CPU only: cores of each engine's slot kept off its compute threads, for vLLM's scheduler "
+        "process, the actor and Ray. Default: 1 in slots of 4 cores or more, 0 below (measured: bench/README.md).",
+    )
     context_policy: Optional[Literal["split", "truncate", "reject"]] = Field(
         None,
         description="Text too long for one request, for every task that does not set its own context_policy: "
@@ -190,7 +205,7 @@ class EngineConfig(_Model):
 
 
 class ResourcesConfig(_Model):
-    actors: int = Field(1, ge=1, description="Inference actors, one vLLM engine each.")
+    actors: int = Field(1, ge=1, description="Inference actors, one vLLM engine each (CPU: they split each node's cores).")
     cpus_per_actor: float = Field(1, gt=0, description="Logical CPUs reserved per actor.")
     gpus_per_actor: Optional[float] = Field(
         None, ge=0, description="GPUs per actor; default tensor_parallel_size on CUDA, 0 on the CPU."

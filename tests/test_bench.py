@@ -50,11 +50,11 @@ def test_checks_report_each_target_with_its_figure():
         },
     }
     got = {c["target"]: (c["measured"], c["met"]) for c in checks(report)}
-    assert got["tiny: ours >= 0.9x raw vLLM tok/s, start-up excluded"] == (0.95, True)
+    assert got["tiny: ours >= 0.95x raw vLLM (best binding) tok/s, start-up excluded"] == (0.95, True)
     assert got["tiny: ours' whole run within 1.15x raw vLLM's, start-up included"] == (1.1, True)
-    assert got["tiny-fixed: ours >= 1.3x Ray Data LLM tok/s"] == (1.9, True)
+    assert got["tiny: ours >= 1.3x Ray Data LLM tok/s, start-up excluded"] == (1.9, True)
     assert got["smollm2-natural: ours >= 1.5x transformers tok/s"] == (1.25, False)
-    assert got["smollm2-fixed: ours >= 0.95x raw vLLM tok/s, start-up excluded"] == (None, None)
+    assert got["smollm2-fixed: ours >= 0.95x raw vLLM (best binding) tok/s, start-up excluded"] == (None, None)
     assert got["driver peak RSS, 100,000 rows / 10,000 rows <= 1.2"] == (1.3, False)
     report["checks"] = checks(report)
     table = render_table(report)
@@ -74,3 +74,38 @@ def test_reader_benchmark_reads_every_row(tmp_path):
     figures = measure(tmp_path, rows=500, repeat=1)
     assert [(f["format"], f["compression"]) for f in figures] == [(f, c) for f in FORMATS for c in COMPRESSIONS]
     assert all(f["rows"] == 500 and f["error_rows"] == 0 and f["rows_per_second"] > 0 for f in figures)
+
+
+def test_targets_compare_against_raw_vllms_best_binding_and_our_old_default():
+    fixed = {"ours": {**_r(150, 100, 200), "mfu": 0.61}, "vllm": _r(100, 80, 250), "vllm bind=all": _r(155, 110, 190),
+             "ours cpu_bind=auto": _r(95, 70, 300)}
+    fixed["ours"]["startup_seconds"], fixed["vllm bind=all"]["startup_seconds"] = 36.0, 30.0
+    report = {"workloads": {"smollm2-fixed": {"results": fixed, "ratios": ratios(fixed)}}}
+    got = {c["target"]: (c["measured"], c["met"]) for c in checks(report)}
+    # the best raw-vLLM run is the one to keep pace with, not the default-binding one
+    assert got["smollm2-fixed: ours >= 0.95x raw vLLM (best binding) tok/s, start-up excluded"] == (0.968, True)
+    assert got["smollm2-fixed: ours >= 1.5x ours with vLLM's default binding, start-up excluded"] == (1.579, True)
+    assert got["smollm2-fixed: ours' model FLOP utilization >= 0.60 of the measured matrix peak"] == (0.61, True)
+    assert got["smollm2: ours' start-up (Ray, actor, engine ready) within 1.2x raw vLLM's engine load"] == (1.2, True)
+
+
+def test_mfu_is_model_flops_over_the_engines_measured_peaks(monkeypatch):
+    import bench.__main__ as b
+    import pipeline.engine.flops as fl
+
+    model = fl.ModelFlops(matmul_params=100_000_000, head_params=30_000_000, n_layer=30, d_attn=576)
+    monkeypatch.setattr(fl, "known_peak", lambda dtype, threads: {("bfloat16", 2): 700.0}.get((dtype, threads)))
+    r = b.derive({**_r(10, 5, 10), "prompt_tokens": 3000, "dtype": "bfloat16", "engine_threads": [2]}, model)
+    assert r["total_tok_s"] == (3000 + 1000) / 2.0
+    assert r["gflops_s"] == model.run_flops(3000, 1000, 100) / 2.0 / 1e9
+    assert r["mfu"] == r["gflops_s"] / 700.0
+    r = b.derive({**_r(10, 5, 10), "prompt_tokens": 3000, "dtype": "float32", "engine_threads": [2]}, model)
+    assert r["mfu"] is None and r["gflops_s"] > 0  # no peak measured for fp32 x2: no MFU, not a guess
+
+
+def test_raw_vllms_threads_follow_its_binding_when_its_worker_is_not_seen():
+    from bench.__main__ import vllm_threads
+
+    assert vllm_threads({"env": {}}, 8) == [7]  # vLLM's auto keeps a core for its scheduler
+    assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}}, 2) == [2]
+    assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0,2,4"}}, 8) == [3]

@@ -35,6 +35,7 @@ def test_minimal_spec_has_defaults():
         ({"engine": {"typo_field": 1}}, "engine.typo_field"),
         ({"input": {"paths": []}}, "input.paths"),
         ({"resources": {"actors": 0}}, "resources.actors"),
+        ({"engine": {"cpu_reserved_cores": -1}}, "engine.cpu_reserved_cores"),
     ],
 )
 def test_invalid_specs_name_the_field(patch, field):

@@ -40,7 +40,8 @@ def run(wl: Workload, **overrides: Any) -> Result:
     startup = summary["startup_seconds"]
     detail = {k: summary.get(k) for k in (
         "engine_load_seconds", "startup_breakdown", "prefix_cache_hit_rate", "commit_seconds", "publish_seconds", "tasks", "error_kinds",
-        "actor_prepare_seconds", "actor_generate_seconds", "actor_batch_seconds")}
+        "actor_prepare_seconds", "actor_generate_seconds", "actor_batch_seconds", "engines", "flop_utilization",
+        "tokens_per_second_after_startup")}
     detail["run_seconds_including_startup"] = total
     detail["batch_rows"] = spec.engine.batch_rows
     detail["output"] = out

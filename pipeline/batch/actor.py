@@ -58,9 +58,12 @@ class InferenceActor:
         model_name: str,
         run_id: str,
         progress: Optional[Any] = None,
+        engines_per_node: Optional[int] = None,
     ):
+        """`engines_per_node`: CPU engines sharing each node's cores (None: the engine has
+        its node to itself, or runs on a GPU)."""
         created_at = time.time()
-        from pipeline.engine.engine import Engine, reap_orphaned_engines
+        from pipeline.engine.engine import Engine, claim_cpu_slot, reap_orphaned_engines
 
         self.spec = JobSpec.model_validate_json(spec_json)
         self.tasks = build_tasks(self.spec.tasks)
@@ -69,10 +72,12 @@ class InferenceActor:
         self.committer = RunCommitter(Store(self.spec.output.path), run_id)
         self.progress = progress
         reap_orphaned_engines()  # a restarted actor: free what its killed predecessor held
-        self.engine = Engine(model_path, self.spec.engine).start()
+        # Several CPU engines on a node: this actor's share of its cores (held while it lives).
+        self._slot = claim_cpu_slot(self.spec.engine, engines_per_node) if engines_per_node and engines_per_node > 1 else None
+        self.engine = Engine(model_path, self.spec.engine, slot=self._slot.slot if self._slot else None).start()
         self.instance = uuid.uuid4().hex
         if progress is not None:
-            progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at)
+            progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at, self.engine.describe())
         self.ctx = ExecContext.for_engine(self.engine.tokenizer, self.spec.engine)
         self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call
         threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()

@@ -176,6 +176,7 @@ def execute_plan(
     items = read_items(plan, parts, select)
     r = spec.resources
     device_gpus = _gpus_per_actor(spec)
+    engines_per_node = _cpu_engines_per_node(r.actors) if not device_gpus else None
 
     # The progress counter lives on the driver's node: a helper actor must never be what a
     # lost worker node takes down with it (it held no state worth a restart elsewhere).
@@ -204,6 +205,7 @@ def execute_plan(
             "model_name": os.path.basename(plan.model_path.rstrip("/")),
             "run_id": plan.run_id,
             "progress": counter,
+            "engines_per_node": engines_per_node,
         },
         # Several batches per actor at once (the actor's __call__ is async and keeps
         # engine.batches_in_flight of them in its engine); one more queued behind them.
@@ -244,7 +246,19 @@ def execute_plan(
         reporter.stop()
         ray.kill(counter)
     computed["seconds"] = time.perf_counter() - t0
-    return {**computed, **_engine_summary(engines), "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+    return {**computed, **_engine_summary(engines), "actors": r.actors, "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+
+
+def _cpu_engines_per_node(actors: int) -> int:
+    """CPU engines expected to share a node's cores: the actors over the nodes with CPUs.
+    Each actor then claims one slot of its node's cores (pipeline/engine/cpus.py; the
+    actor caps the count at its node's cores, and shares a slot if Ray packed more)."""
+    import math
+
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    return max(1, math.ceil(actors / max(1, len(nodes))))
 
 
 COMPUTED = ("rows", "output_tokens", "prompt_tokens", "commit_seconds", "prepare_seconds", "generate_seconds", "batch_seconds")
@@ -310,6 +324,8 @@ def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
     engines = list(report.get("engines", {}).values())
     if engines:
         out["engines_started"] = len(engines)
+        # Each actor's first engine (restarts run on the same kind of slot).
+        out["engines"] = sorted(engines, key=lambda e: e["ready_at"])
         out["engine_load_seconds"] = round(max(e["load_seconds"] or 0.0 for e in engines), 3)
         first = min(engines, key=lambda e: e["ready_at"])
         out["first_engine_ready_at"] = first["ready_at"]

@@ -22,8 +22,10 @@ class ProgressCounter:
         self.engines: dict[str, dict[str, float]] = {}  # engine instance -> start-up facts
         self.metrics: dict[str, dict[str, float]] = {}  # engine instance -> its latest counters
 
-    def engine_ready(self, engine: str, load_seconds: float, ready_at: float, created_at: float) -> None:
-        self.engines[engine] = {"load_seconds": load_seconds, "ready_at": ready_at, "created_at": created_at}
+    def engine_ready(self, engine: str, load_seconds: float, ready_at: float, created_at: float,
+                     facts: Optional[dict[str, Any]] = None) -> None:
+        """`facts`: Engine.describe() (device, dtype; on the CPU its compute threads and cores)."""
+        self.engines[engine] = {"load_seconds": load_seconds, "ready_at": ready_at, "created_at": created_at, **(facts or {})}
 
     def engine_metrics(self, engine: str, metrics: dict[str, float]) -> None:
         """Cumulative counters of one engine instance (a restarted actor is a new instance)."""

@@ -120,7 +120,7 @@ def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], 
         rows_resumed=max(0, sum(p.rows for p in prepared.parts) - computed["rows"]),
         version=publish.manifest.version,
         **counted,
-        **throughput(computed, t_start),
+        **throughput(computed, t_start, plan.model_path, tasks=len(spec.tasks.enabled())),
     )
     # The ledger knows the summary before the switch: a publish finished by a later attempt
     # reports the same figures.

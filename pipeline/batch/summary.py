@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import time
 from collections import Counter, defaultdict
 from typing import Any, Literal, Optional
@@ -19,6 +21,8 @@ from pipeline.io.coverage import FileCoverage
 from pipeline.io.records import PartRecord
 from pipeline.io.store import Store
 
+logger = logging.getLogger(__name__)
+
 
 class TaskCounts(BaseModel):
     ok: int = Field(0, description="Rows with a result.")
@@ -31,6 +35,28 @@ class StartupBreakdown(BaseModel):
     ray_init: float = Field(description="Starting or joining the Ray cluster.")
     until_actor: float = Field(description="Until the first inference actor ran (scheduling, worker start).")
     actor_to_engine_ready: float = Field(description="The actor's imports and engine load.")
+
+
+class EngineFacts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    cpu_bind: Optional[str] = Field(None, description="CPU: the cores its compute threads were bound to (VLLM_CPU_OMP_THREADS_BIND).")
+    compute_threads: Optional[int] = Field(None, description="CPU: OpenMP threads of vLLM's worker (read from its environment).")
+
+
+class FlopUtilization(BaseModel):
+    """Model FLOPs per second after start-up over the machine's measured matrix peak
+    (pipeline/engine/flops.py says how both are counted)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    gflops_per_second: float = Field(description="Model FLOPs of the run's tokens over the seconds after start-up, in GFLOP/s.")
+    peak_gflops: Optional[float] = Field(None, description="Sum of the engines' measured matrix peaks (same dtype and threads); None: not measured.")
+    mfu: Optional[float] = Field(None, description="gflops_per_second / peak_gflops.")
+    basis: str = Field(description="How the FLOPs were counted.")
+    note: Optional[str] = Field(None, description="Why there is no MFU, when there is none.")
 
 
 class RunSummary(BaseModel):
@@ -66,6 +92,11 @@ class RunSummary(BaseModel):
     steady_seconds: Optional[float] = None
     rows_per_second_after_startup: Optional[float] = None
     output_tokens_per_second_after_startup: Optional[float] = None
+    tokens_per_second_after_startup: Optional[float] = Field(
+        None, description="Prompt + output tokens per second after start-up: what prefill-heavy tasks are judged by."
+    )
+    flop_utilization: Optional[FlopUtilization] = None
+    engines: list[EngineFacts] = Field(default_factory=list, description="What each engine ran on (first start of each actor).")
     prefix_cache_hit_rate: Optional[float] = None
     # What exactly-once costs: part writes and commit records (in the actors, summed) and the publish.
     commit_seconds: Optional[float] = None
@@ -122,9 +153,13 @@ def totals(parts: list[PartRecord], store: Store, coverage: Optional[dict[str, F
     }
 
 
-def throughput(computed: dict[str, Any], t_start: float) -> dict[str, Any]:
-    """Throughput and start-up fields from what the execution measured."""
+def throughput(computed: dict[str, Any], t_start: float, model_path: Optional[str] = None, tasks: int = 1) -> dict[str, Any]:
+    """Throughput and start-up fields from what the execution measured. With `model_path`,
+    the model FLOP utilization after start-up too (`tasks`: requests per row)."""
     out: dict[str, Any] = {}
+    facts = [EngineFacts.model_validate(e) for e in computed.get("engines", [])]
+    if facts:
+        out["engines"] = facts
     inference_s = computed.get("seconds", 0.0)
     if inference_s:
         out["rows_per_second"] = round(computed["rows"] / inference_s, 2)
@@ -145,10 +180,43 @@ def throughput(computed: dict[str, Any], t_start: float) -> dict[str, Any]:
         out["steady_seconds"] = round(steady, 3)
         if steady > 0:
             out["output_tokens_per_second_after_startup"] = round(computed["output_tokens"] / steady, 2)
+            out["tokens_per_second_after_startup"] = round((computed["prompt_tokens"] + computed["output_tokens"]) / steady, 2)
             out["rows_per_second_after_startup"] = round(computed["rows"] / steady, 2)
+            if model_path:
+                # The engines serving at once: a restarted actor's engine replaced another.
+                live = facts[-computed["actors"]:] if computed.get("actors") else facts
+                util = flop_utilization(model_path, computed, steady, live, tasks)
+                if util is not None:
+                    out["flop_utilization"] = util
     if "prefix_cache_hit_rate" in computed:
         out["prefix_cache_hit_rate"] = computed["prefix_cache_hit_rate"]
     out["commit_seconds"] = round(computed.get("commit_seconds", 0.0), 3)
     for k in ("prepare_seconds", "generate_seconds", "batch_seconds"):
         out[f"actor_{k}"] = round(computed.get(k, 0.0), 3)
     return out
+
+
+def flop_utilization(model_path: str, computed: dict[str, Any], seconds: float, engines: list[EngineFacts],
+                     tasks: int) -> Optional[FlopUtilization]:
+    """MFU of a run on CPU engines (GPU peaks are not measured here: None on GPUs)."""
+    from pipeline.engine.flops import ModelFlops, ensure_peak, utilization
+
+    if not engines or any(e.device != "cpu" for e in engines):
+        return None
+    try:
+        model = ModelFlops.from_model(model_path)
+    except (OSError, ValueError, KeyError) as e:
+        return FlopUtilization(gflops_per_second=0.0, basis="", note=f"FLOPs per token unknown for this model: {e}")
+    if any(e.compute_threads is None or e.dtype is None for e in engines):
+        return FlopUtilization(gflops_per_second=0.0, basis=model.basis(), note="engine threads or dtype unknown")
+    try:  # after the run: its engines no longer compete for the cores
+        for e in engines:
+            ensure_peak(e.dtype, e.compute_threads)  # type: ignore[arg-type]
+    except (OSError, ValueError, subprocess.SubprocessError) as err:
+        logger.warning("could not measure the matrix peak: %s", err)
+    u = utilization(model, computed["prompt_tokens"], computed["output_tokens"], max(1, computed["rows"] * tasks), seconds,
+                    [(e.dtype, e.compute_threads) for e in engines],  # type: ignore[misc]
+                    computed.get("prefix_cache_hit_rate"))
+    return FlopUtilization(gflops_per_second=round(u.gflops_per_second, 2),
+                           peak_gflops=None if u.peak_gflops is None else round(u.peak_gflops, 1),
+                           mfu=None if u.mfu is None else round(u.mfu, 4), basis=u.basis, note=u.note)

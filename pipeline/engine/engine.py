@@ -26,10 +26,13 @@ import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Sequence
 
 from pipeline.config import EngineConfig
 from pipeline.engine.outputs import Completion, Generation, StreamChunk
+
+if TYPE_CHECKING:
+    from pipeline.engine.cpus import EngineSlot, SlotClaim
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,37 @@ def resolve_dtype(cfg: EngineConfig, device: str) -> str:
     return "auto"
 
 
+# Marks the VLLM_CPU_OMP_THREADS_BIND value an earlier engine of this process set (as
+# opposed to one the user exported).
+_OURS_MARK, _OURS = "PIPELINE_CPU_BIND", "\0"
+
+
+def _worker_omp_threads() -> Optional[int]:
+    """OMP_NUM_THREADS of vLLM's CPU worker under this process (vLLM sets it to the cores it
+    binds, vllm/utils/ompmultiprocessing.py); None when no worker is seen."""
+    import psutil
+
+    for p in psutil.Process().children(recursive=True):
+        try:  # one child may exit while we look (a helper process): skip it, not the rest
+            if "Worker" in " ".join(p.cmdline() or []) + " " + p.name():
+                value = p.environ().get("OMP_NUM_THREADS")
+                if value:
+                    return int(value)
+        except (psutil.Error, ValueError):
+            continue
+    return None
+
+
+def claim_cpu_slot(cfg: EngineConfig, engines_per_node: int) -> "SlotClaim":
+    """This process's share of its node's cores when `engines_per_node` CPU engines share the
+    node (pipeline/engine/cpus.py). Hold the claim for as long as the engine runs."""
+    from pipeline.engine.cpus import CpuTopology, claim_slot, plan_engines
+
+    topo = CpuTopology.detect()
+    engines = max(1, min(engines_per_node, topo.physical_cores))
+    return claim_slot(plan_engines(topo, engines, cfg.cpu_reserved_cores, cfg.cpu_threads))
+
+
 def reap_orphaned_engines() -> int:
     """Kill vLLM engine-core processes left without a parent (ppid 1) by an actor that was
     SIGKILLed: vLLM cannot clean up then, and the orphan keeps its memory (on a GPU, the
@@ -133,10 +167,17 @@ class Engine:
     prompts or writing Parquet never delays the engine's output handling.
     """
 
-    def __init__(self, model_path: str, cfg: EngineConfig, cpus: Optional[float] = None):
+    def __init__(
+        self, model_path: str, cfg: EngineConfig, cpus: Optional[float] = None, slot: Optional["EngineSlot"] = None
+    ):
+        """On the CPU: `cpus` caps the compute threads (a Serve replica's CPUs; engine.cpu_threads
+        wins); `slot` is this engine's share of a node shared by several engines
+        (`claim_cpu_slot`); default: the whole machine as one slot. Both ignored on GPUs."""
         self.model_path = model_path
         self.cfg = cfg
         self.cpus = cpus
+        self.slot = slot
+        self.cpu_bind: Optional[str] = None  # what VLLM_CPU_OMP_THREADS_BIND was set to
         self._llm = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -195,12 +236,7 @@ class Engine:
         kw = self.engine_kwargs(self.device)
         self.dtype = kw["dtype"]
         if self.device == "cpu":
-            threads = self.cfg.cpu_threads or (int(self.cpus) if self.cpus else None)
-            if threads and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-                # Bind the engine's OpenMP threads to cores this process may run on, so that
-                # several engines on one node don't all pile onto the same cores.
-                allowed = sorted(os.sched_getaffinity(0))
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in allowed[:threads])
+            self._bind_cpus()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -222,6 +258,55 @@ class Engine:
         self.load_seconds = time.perf_counter() - t0
         logger.info("engine ready in %.1fs", self.load_seconds)
         return self
+
+    def _bind_cpus(self) -> None:
+        """Where vLLM's CPU worker runs its compute threads: set in this process's
+        environment before the engine starts, so that vLLM's engine-core process and, from
+        it, the worker it spawns inherit it (vllm/utils/ompmultiprocessing.py reads it there).
+
+        vLLM's own default (`auto`) keeps a core per engine for its scheduler process: on a
+        2-core machine half the machine (measured: bench/README.md, "Threads and engines").
+        Ray sets OMP_NUM_THREADS to an actor's logical CPUs (1 by default) in the actor; vLLM
+        overrides it for the worker when it binds, and we do when it doesn't ('nobind')."""
+        from pipeline.engine.cpus import CpuTopology, parse_cpu_list, plan_engines
+
+        c = self.cfg
+        threads = c.cpu_threads or (max(1, int(self.cpus)) if self.cpus else None)
+        slot = self.slot or plan_engines(CpuTopology.detect(), 1, c.cpu_reserved_cores, threads)[0]
+        exported = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", _OURS)
+        if not c.cpu_bind and exported != os.environ.get(_OURS_MARK, _OURS):
+            bind = exported  # exported by the user (not by an earlier engine of ours): theirs wins
+        else:
+            bind = c.cpu_bind or slot.bind
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = os.environ[_OURS_MARK] = bind
+        if bind == "nobind":
+            os.environ["OMP_NUM_THREADS"] = str(len(slot.compute))
+        if self.slot is not None and hasattr(os, "sched_setaffinity"):
+            # Several engines on this node: keep this actor and the engine's processes
+            # (children inherit it) on this slot's cores, off the other engines' cores.
+            os.sched_setaffinity(0, slot.cpus)
+        self.slot, self.cpu_bind = slot, bind
+        explicit = bind not in ("auto", "nobind")
+        logger.info("CPU engine: compute threads on cores %s%s", bind,
+                    f" ({len(parse_cpu_list(bind))} threads), cores {list(slot.reserved)} left to the processes around it"
+                    if explicit else "")
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs on, for the run summary: device, dtype and, on the CPU, the
+        compute threads vLLM's worker actually got (read from its environment)."""
+        out: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
+        if self.device == "cpu":
+            out["cpu_bind"] = self.cpu_bind
+            threads = _worker_omp_threads()
+            if threads is None and self.cpu_bind not in (None, "auto", "nobind"):
+                # no worker process seen (the model may run in the engine-core process): the
+                # binding's cores, one thread each, as vLLM sets them up
+                from pipeline.engine.cpus import parse_cpu_list
+
+                threads = len(parse_cpu_list(self.cpu_bind))
+            if threads is not None:
+                out["compute_threads"] = threads
+        return out
 
     def shutdown(self) -> None:
         if self._llm is None:

@@ -114,6 +114,25 @@ def test_summary_json(two_runs, corpus):
     # header: with 32-token blocks the engine serves some prompt tokens from its cache.
     assert 0 < s["prefix_cache_hit_rate"] < 1
     assert s["actor_generate_seconds"] > 0 and s["actor_prepare_seconds"] > 0
+    # Prefill counts: prompt + output tokens/s, and the model FLOP utilization (or why none).
+    assert s["tokens_per_second_after_startup"] > s["output_tokens_per_second_after_startup"]
+    u = s["flop_utilization"]
+    assert u["gflops_per_second"] > 0 and "Kaplan" in u["basis"]
+    assert (u.get("mfu") is None) == (u.get("peak_gflops") is None) == ("note" in u)
+    if u.get("mfu") is not None:
+        assert u["mfu"] == pytest.approx(u["gflops_per_second"] / u["peak_gflops"], abs=1e-4)  # both rounded
+
+
+def test_one_ray_cpu_actor_computes_on_every_core(two_runs):
+    """The actor asks Ray for one logical CPU, and Ray sets OMP_NUM_THREADS=1 in it; the
+    engine's worker must still get one compute thread per core (pipeline/engine/cpus.py)."""
+    from pipeline.engine.cpus import CpuTopology, plan_engines
+
+    s = json.loads((two_runs[0] / "summary.json").read_text())
+    (slot,) = plan_engines(CpuTopology.detect())  # one NUMA node here: one engine
+    (engine,) = s["engines"]
+    assert engine["device"] == "cpu" and engine["cpu_bind"] == slot.bind
+    assert engine["compute_threads"] == len(slot.compute) > 1 or CpuTopology.detect().physical_cores == 1
 
 
 def test_rerun_of_finished_job_computes_nothing(two_runs, corpus, tiny_model):
