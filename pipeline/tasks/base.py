@@ -188,6 +188,11 @@ class Task:
         `pipeline.tasks.execute.execute` before every row; cached by the task."""
         return self
 
+    def prompt_ids(self, tokenizer: Any) -> Optional[list[int]]:
+        """Prompt token ids the task gives itself, bypassing the chat template (a completion
+        request's raw prompt); None: the prompt is `messages` through the template."""
+        return None
+
     # -- long texts -------------------------------------------------------------------
     def context_policy(self, engine_default: Optional[str] = None) -> str:
         """The task's own setting, else the engine-wide one, else the task's default."""

@@ -154,6 +154,8 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
             ids, truncated = render_tokens(task, text, ctx.tokenizer, ctx.max_model_len, policy)
     except PromptTooLong as e:
         return TaskResult.failure(task.name, ErrorKind.TOO_LONG, str(e))
+    except TaskInputError as e:  # a completion request's own prompt ids, checked against the vocabulary
+        return TaskResult.failure(task.name, e.kind, str(e))
     t1 = time.perf_counter()
     try:
         gen = await _generate(engine, ids, task.sampling_params_for(text), ctx.retries)

@@ -4,8 +4,9 @@ and `vllm run-batch` take them, and the results and errors written back in the s
     {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [...], ...}}
 
 Reading (`input.format: openai_batch`): every line becomes one row whose id is its
-`custom_id` and whose text is its request body (as JSON); the `chat` task turns that body
-into a request (pipeline/tasks/chat.py). The envelope is checked here and the body there,
+`custom_id` and whose text is its request (`{"url": ..., "body": ...}` as JSON); the `chat`
+task turns that into a request to the engine (pipeline/tasks/chat.py), for
+/v1/chat/completions and /v1/completions. The envelope is checked here and the body there,
 because the task is what knows what a request may ask (and the online endpoint gets bodies
 without envelopes). A line that is not a request we serve becomes one error row, never a
 crash (`vllm run-batch` stops at the first line it cannot parse):
@@ -13,7 +14,7 @@ crash (`vllm run-batch` stops at the first line it cannot parse):
     bad JSON, not an object, custom_id not a string      malformed_record
     custom_id, method, url or body missing               missing_field
     method other than POST, body not an object           invalid_request
-    another url (/v1/embeddings, /v1/completions, ...)   unsupported_request
+    another url (/v1/embeddings, /v1/responses, ...)     unsupported_request
     a custom_id an earlier line of the file has          duplicate_id
 
 custom_ids must be unique in a file (OpenAI refuses a batch whose ids repeat): the first
@@ -42,9 +43,9 @@ from pipeline.io.formats.fields import INVALID_UTF8, MALFORMED, MISSING, a, clea
 from pipeline.io.formats.jsonl import _salvage_id
 from pipeline.io.sources import SourceFile
 from pipeline.io.units import Row, UnitBuilder
+from pipeline.tasks.chat import COMPLETIONS_URL, URLS, request_text
 
 ID_FIELD = "custom_id"
-CHAT_URL = "/v1/chat/completions"
 
 _DUPLICATE = ErrorKind.DUPLICATE_ID.value
 _INVALID = ErrorKind.INVALID_REQUEST.value
@@ -126,12 +127,12 @@ def _row(line: str, pos: int, uri: str, seen: dict[str, int], keep: bool) -> Opt
             return (cid, pos, None, MISSING, f"{where}field '{name}' missing; fields present: {fields_list(obj)}")
     if method != "POST":
         return (cid, pos, None, _INVALID, clean(f"{where}method {method!r}: batch requests are POST"))
-    if url != CHAT_URL:
+    if url not in URLS:
         return (cid, pos, None, _UNSUPPORTED,
-                clean(f"{where}url {url!r} is not served here; only {CHAT_URL} (the chat task)"))
+                clean(f"{where}url {url!r} is not served here; only {' and '.join(URLS)} (the chat task)"))
     if type(body) is not dict:
         return (cid, pos, None, _INVALID, f"{where}body is {a(json_type(body))}; expected the request object")
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = request_text(url, body)
     if not utf8_ok(text):
         return (cid, pos, None, _INVALID_TEXT, f"{where}the body holds a lone surrogate (not valid Unicode)")
     return (cid, pos, text, None, None)
@@ -158,27 +159,26 @@ def custom_id(row: dict[str, Any]) -> Optional[str]:
 
 
 def result_line(row: dict[str, Any]) -> dict[str, Any]:
-    """One line of results.jsonl from a row of the chat dataset: the chat.completion object
-    the request would have had from /v1/chat/completions."""
+    """One line of results.jsonl from a row of the chat dataset: the object the request
+    would have had from its endpoint (chat.completion, or text_completion for /v1/completions)."""
     h = _ids(row["run_id"], row["source"], row["position"])
     usage = {
         "prompt_tokens": row["prompt_tokens"],
         "completion_tokens": row["output_tokens"],
         "total_tokens": row["prompt_tokens"] + row["output_tokens"],
     }
+    if row.get("url") == COMPLETIONS_URL:
+        kind, choice = "text_completion", {"text": row["output_text"]}
+        rid = f"cmpl-{h}"
+    else:
+        kind, choice = "chat.completion", {"message": {"role": "assistant", "content": row["output_text"]}}
+        rid = f"chatcmpl-{h}"
     body = {
-        "id": f"chatcmpl-{h}",
-        "object": "chat.completion",
+        "id": rid,
+        "object": kind,
         "created": row["created"],
         "model": row["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": row["output_text"]},
-                "logprobs": None,
-                "finish_reason": row["finish_reason"],
-            }
-        ],
+        "choices": [{"index": 0, **choice, "logprobs": None, "finish_reason": row["finish_reason"]}],
         "usage": usage,
     }
     return {
