@@ -81,8 +81,8 @@ class InputConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _batch_ids(cls, data: Any) -> Any:
-        """An OpenAI batch file's row id is its custom_id: say so in id_field (which also turns
-        on what the output side does with ids, such as finding duplicates across files)."""
+        """An OpenAI batch file's row id is its custom_id: say so in id_field, so that the
+        spec (and the run id) shows where ids come from. Duplicates are found per file."""
         if isinstance(data, dict) and data.get("format") == "openai_batch":
             if data.get("id_field") not in (None, "custom_id"):
                 raise ValueError("input.format openai_batch: the row id is each line's custom_id; leave id_field unset")
