@@ -432,9 +432,9 @@ def _serve_config_from_args(args: argparse.Namespace):
     if names is not None:
         over["tasks"] = defaults
     elif defaults:
-        from pipeline.tasks import TASKS
+        from pipeline.config import SERVED_TASKS
 
-        over["tasks"] = {n: defaults.get(n, {}) for n in TASKS}
+        over["tasks"] = {n: defaults.get(n, {}) for n in SERVED_TASKS}
     try:
         if args.spec:
             return ServeConfig.from_yaml(args.spec, over)
@@ -475,7 +475,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--tasks", help=f"task routes to serve, comma-separated, of: {','.join(TASKS)} (default: all)")
+    from pipeline.config import SERVED_TASKS
+
+    p.add_argument("--tasks", help=f"task routes to serve, comma-separated, of: {','.join(SERVED_TASKS)} (default: all)")
     for tname, fname, flag, parse in _task_flags():
         field = TASKS[tname].config_model.model_fields[fname]
         p.add_argument(flag, dest=fname, type=parse, metavar=fname.upper(),

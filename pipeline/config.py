@@ -81,12 +81,12 @@ class InputConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _batch_ids(cls, data: Any) -> Any:
-        """An OpenAI batch file's row id is its custom_id: say so in id_field, so that the
-        spec (and the run id) shows where ids come from. Duplicates are found per file."""
-        if isinstance(data, dict) and data.get("format") == "openai_batch":
-            if data.get("id_field") not in (None, "custom_id"):
-                raise ValueError("input.format openai_batch: the row id is each line's custom_id; leave id_field unset")
-            data = {**data, "id_field": "custom_id"}
+        """An OpenAI batch file's row id is each line's custom_id, unique per file as OpenAI
+        requires of one batch (the reader finds duplicates). id_field stays unset, so that the
+        output-wide duplicate check does not apply: the next batch file of an incremental job
+        may use the same custom_ids again, as batches do."""
+        if isinstance(data, dict) and data.get("format") == "openai_batch" and data.get("id_field") is not None:
+            raise ValueError("input.format openai_batch: the row id is each line's custom_id; leave id_field unset")
         return data
 
 
@@ -408,6 +408,10 @@ def _defaults_model(task_model: type[TaskConfig]) -> type[_Model]:
     )
 
 
+# Tasks with a route of their own on the online endpoint: those that take any text. The
+# chat task's texts are OpenAI requests, which the endpoint's OpenAI-compatible routes serve.
+SERVED_TASKS = {name: cls for name, cls in TASKS.items() if cls.input_format is None}
+
 ServeTasksConfig = create_model(
     "ServeTasksConfig",
     __base__=_Model,
@@ -415,13 +419,13 @@ ServeTasksConfig = create_model(
     "parameters; a request's own parameters override them. Omitted: all tasks, no defaults.",
     **{
         name: (Optional[_defaults_model(cls.config_model)], Field(None, description=f"POST /v1/{cls.route}: {cls.description}"))
-        for name, cls in TASKS.items()
+        for name, cls in SERVED_TASKS.items()
     },
 )
 
 
 def _all_task_routes():
-    return ServeTasksConfig(**{name: {} for name in TASK_NAMES})
+    return ServeTasksConfig(**{name: {} for name in SERVED_TASKS})
 
 
 class HTTPConfig(_Model):
@@ -567,7 +571,7 @@ class ServeConfig(_Model):
 
     def task_routes(self) -> dict[str, Any]:
         """Enabled task name -> its server-side defaults, in registry order."""
-        return {n: getattr(self.tasks, n) for n in TASK_NAMES if getattr(self.tasks, n) is not None}
+        return {n: getattr(self.tasks, n) for n in SERVED_TASKS if getattr(self.tasks, n) is not None}
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "ServeConfig":

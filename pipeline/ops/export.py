@@ -29,7 +29,9 @@ from typing import Optional
 import pyarrow.compute as pc
 
 from pipeline.errors import PipelineError
-from pipeline.io.commit import ERRORS, read_dataset, read_manifest
+from pipeline.io.commit import ERRORS
+from pipeline.io.manifest import read_dataset, read_manifest
+from pipeline.io.records import Manifest
 from pipeline.io.store import Store
 
 logger = logging.getLogger(__name__)
@@ -65,10 +67,10 @@ def export_openai_batch(output: str, to: Optional[str] = None, force: bool = Fal
     if not _is_chat_output(store, manifest):
         raise ExportError(f"{output} holds no chat task output: --format openai-batch exports the chat task's answers")
     target = Store(to or store.uri(OPENAI_FOLDER))
-    stamp = {"output": store.root_uri, "version": manifest["version"], "published_at": manifest.get("published_at")}
+    stamp = {"output": store.root_uri, "version": manifest.version, "published_at": manifest.published_at}
     done = target.read_json(MARKER)
     if done and not force and all(done.get(k) == v for k, v in stamp.items()):
-        return ExportSummary(target.root_uri, done["results"], done["errors"], manifest["version"], False)
+        return ExportSummary(target.root_uri, done["results"], done["errors"], manifest.version, False)
 
     order = [("source", "ascending"), ("position", "ascending")]
     results = read_dataset(output, CHAT).sort_by(order)
@@ -77,17 +79,17 @@ def export_openai_batch(output: str, to: Optional[str] = None, force: bool = Fal
     target.write_bytes("results.jsonl", _jsonl(result_line(r) for r in results.to_pylist()))
     target.write_bytes("errors.jsonl", _jsonl(error_line(r) for r in errors.to_pylist()))
     target.write_json(MARKER, {**stamp, "results": results.num_rows, "errors": errors.num_rows})
-    logger.info("exported version %s of %s: %d results, %d errors into %s", manifest["version"], output,
+    logger.info("exported version %s of %s: %d results, %d errors into %s", manifest.version, output,
                 results.num_rows, errors.num_rows, target.root_uri)
-    return ExportSummary(target.root_uri, results.num_rows, errors.num_rows, manifest["version"], True)
+    return ExportSummary(target.root_uri, results.num_rows, errors.num_rows, manifest.version, True)
 
 
-def _is_chat_output(store: Store, manifest: dict) -> bool:
+def _is_chat_output(store: Store, manifest: Manifest) -> bool:
     """The published runs include the chat task (a chat job whose every line failed has no
     chat dataset, only error records: the runs' ledgers say which tasks they ran)."""
-    if CHAT in manifest.get("datasets", {}):
+    if CHAT in manifest.datasets:
         return True
-    for run_id in manifest.get("runs", []):
+    for run_id in manifest.runs:
         if CHAT in (store.read_json(f"_runs/{run_id}.json") or {}).get("tasks", []):
             return True
     return False
