@@ -140,12 +140,13 @@ def test_same_answers_as_vllm_run_batch(ours, batch_files, tiny_model, tmp_path)
 
 
 def test_killed_run_resumes_with_every_line_once(tiny_model, tmp_path) -> None:
-    n = 240
+    n = 400
     path = tmp_path / "many.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
+            # ignore_eos: every answer takes its 32 tokens, so the run lasts long enough to be killed
             f.write(json.dumps({**chat_line(i), "custom_id": f"m-{i}",
-                                "body": {**chat_line(i)["body"], "max_tokens": 24}}) + "\n")
+                                "body": {**chat_line(i)["body"], "max_tokens": 32, "ignore_eos": True}}) + "\n")
     out = tmp_path / "out"
     args = ["run", "--input", str(path), "--format", "openai_batch", "--output", str(out), "--model", str(tiny_model),
             *ENGINE_FLAGS, "--rows-per-unit", "8", "--batch-rows", "8"]
