@@ -2,6 +2,8 @@
 
     pipeline run jobs/sample.yaml                      # a job spec
     pipeline run --input DATA --output OUT --tasks sentiment,translation --target-lang fr
+    pipeline run --input batch.jsonl --format openai_batch --output OUT   # OpenAI batch requests (chat task)
+    pipeline export OUT --format openai-batch          # results.jsonl + errors.jsonl of a published output
     pipeline runs OUT                                  # the ledger of runs of an output
     pipeline gc OUT                                    # delete what the output no longer needs
     pipeline models pull                               # prepare the default model once
@@ -140,7 +142,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.batch.runner import run
 
     _print_summary(run(spec, force=args.force, wait=args.wait))
+    _export_batch_output(spec)
     return ExitStatus.OK
+
+
+def _export_batch_output(spec) -> None:
+    """A job over OpenAI batch files also gets its answers back in that format, once published."""
+    if spec.input.format != "openai_batch":
+        return
+    from pipeline.ops.export import export_openai_batch
+
+    _print_export(export_openai_batch(spec.output.path))
+
+
+def _print_export(e) -> None:
+    folder = e.folder.rstrip("/")
+    state = "" if e.written else " (already up to date)"
+    print(f"  OpenAI batch output{state}: {folder}/results.jsonl ({e.results:,} lines), "
+          f"{folder}/errors.jsonl ({e.errors:,} lines)")
 
 
 def _print_summary(s) -> None:
@@ -205,6 +224,15 @@ def cmd_retry_errors(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
     _print_summary(retry_errors(spec, kinds, force=args.force, wait=args.wait))
+    _export_batch_output(spec)
+    return ExitStatus.OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.ops.export import export_openai_batch
+
+    print(f"version published in {args.output}:")
+    _print_export(export_openai_batch(args.output, to=args.to, force=args.force))
     return ExitStatus.OK
 
 
@@ -404,9 +432,9 @@ def _serve_config_from_args(args: argparse.Namespace):
     if names is not None:
         over["tasks"] = defaults
     elif defaults:
-        from pipeline.tasks import TASKS
+        from pipeline.config import SERVED_TASKS
 
-        over["tasks"] = {n: defaults.get(n, {}) for n in TASKS}
+        over["tasks"] = {n: defaults.get(n, {}) for n in SERVED_TASKS}
     try:
         if args.spec:
             return ServeConfig.from_yaml(args.spec, over)
@@ -447,7 +475,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--tasks", help=f"task routes to serve, comma-separated, of: {','.join(TASKS)} (default: all)")
+    from pipeline.config import SERVED_TASKS
+
+    p.add_argument("--tasks", help=f"task routes to serve, comma-separated, of: {','.join(SERVED_TASKS)} (default: all)")
     for tname, fname, flag, parse in _task_flags():
         field = TASKS[tname].config_model.model_fields[fname]
         p.add_argument(flag, dest=fname, type=parse, metavar=fname.upper(),
@@ -660,7 +690,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--text-field", help="column with the text (default: text)")
     p.add_argument("--id-field", help="column with a unique row id (default: source file and position)")
-    p.add_argument("--format", choices=["auto", "jsonl", "csv", "text", "parquet"])
+    p.add_argument("--format", choices=["auto", "jsonl", "csv", "text", "parquet", "openai_batch"],
+                   help="record format (default: by extension); openai_batch: OpenAI batch request lines, for the chat task")
     p.add_argument("--rows-per-unit", type=int, help="rows per commit unit (resume granularity)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
@@ -735,6 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list, delete nothing")
     p.add_argument("--wait", action="store_true", help="wait for a writer holding the output")
     p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("export", help="write a published output in another format (OpenAI batch output files)")
+    p.add_argument("output", help="output folder (local or s3://)")
+    p.add_argument("--format", choices=["openai-batch"], default="openai-batch",
+                   help="openai-batch: the chat task's answers as results.jsonl and errors.jsonl, keyed by custom_id")
+    p.add_argument("--to", metavar="DIR", help="where to write them (default OUTPUT/openai)")
+    p.add_argument("--force", action="store_true", help="write them even if they are up to date")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="the default model: prepare it ('pull') or print its path")
     p.add_argument("action", choices=["pull", "path"])

@@ -20,6 +20,11 @@ from pipeline.typed import StrictModel as _Model
 from pipeline.typed import optional_fields
 
 TASK_NAMES = tuple(TASKS)
+# Formats whose rows only some tasks can answer: format -> those tasks.
+INPUT_FORMATS_OF_TASKS: dict[str, list[str]] = {}
+for _name, _cls in TASKS.items():
+    if _cls.input_format is not None:
+        INPUT_FORMATS_OF_TASKS.setdefault(_cls.input_format, []).append(_name)
 
 
 class InputConfig(_Model):
@@ -27,8 +32,11 @@ class InputConfig(_Model):
         min_length=1,
         description="Files, folders, globs or URIs (s3://, gs://, http(s)://). Folders are read recursively.",
     )
-    format: Literal["auto", "jsonl", "csv", "text", "parquet"] = Field(
-        "auto", description="Record format; 'auto' picks it from the extension (after .gz/.bz2/.zst)."
+    format: Literal["auto", "jsonl", "csv", "text", "parquet", "openai_batch"] = Field(
+        "auto",
+        description="Record format; 'auto' picks it from the extension (after .gz/.bz2/.zst). 'openai_batch': "
+        "OpenAI batch request lines (custom_id, method, url, body), answered by the chat task; never picked by "
+        "'auto', since such files are .jsonl too.",
     )
     text_field: str = Field("text", description="Column holding the document text (ignored for plain text).")
     id_field: Optional[str] = Field(
@@ -68,6 +76,18 @@ class InputConfig(_Model):
         "'error': the first occurrence is kept, later ones become duplicate_id error records; 'fail': the run "
         "fails before publishing, naming them.",
     )
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_ids(cls, data: Any) -> Any:
+        """An OpenAI batch file's row id is each line's custom_id, unique per file as OpenAI
+        requires of one batch (the reader finds duplicates). id_field stays unset, so that the
+        output-wide duplicate check does not apply: the next batch file of an incremental job
+        may use the same custom_ids again, as batches do."""
+        if isinstance(data, dict) and data.get("format") == "openai_batch" and data.get("id_field") is not None:
+            raise ValueError("input.format openai_batch: the row id is each line's custom_id; leave id_field unset")
+        return data
 
 
 TRANSPORT_FIELDS = ("connect_timeout_s", "read_timeout_s", "read_retries", "retry_backoff_s", "retry_backoff_max_s")
@@ -256,6 +276,31 @@ class JobSpec(_Model):
         "a scheduled run is always incremental. It does not change results (not part of the run id).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_file_tasks(cls, data: Any) -> Any:
+        """An OpenAI batch file without a task list is answered by the chat task."""
+        if isinstance(data, dict) and data.get("tasks") is None:
+            inp = data.get("input")
+            if isinstance(inp, dict) and inp.get("format") == "openai_batch":
+                data = {**data, "tasks": {"chat": {}}}
+        return data
+
+    @model_validator(mode="after")
+    def _formats_fit_tasks(self) -> "JobSpec":
+        """A task that takes its own kind of input (chat: request bodies) needs that format,
+        and that format's rows suit no other task."""
+        fmt = self.input.format
+        for name in self.tasks.enabled():
+            wanted = TASKS[name].input_format
+            if wanted is not None and wanted != fmt:
+                raise ValueError(f"tasks.{name} answers {wanted} request lines: set input.format: {wanted}")
+            if wanted is None and fmt in INPUT_FORMATS_OF_TASKS:
+                takes = " or ".join(INPUT_FORMATS_OF_TASKS[fmt])
+                raise ValueError(f"input.format {fmt}: its rows are requests, which only tasks.{takes} answers; "
+                                 f"remove tasks.{name}")
+        return self
+
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, v: Optional[str]) -> Optional[str]:
@@ -363,6 +408,10 @@ def _defaults_model(task_model: type[TaskConfig]) -> type[_Model]:
     )
 
 
+# Tasks with a route of their own on the online endpoint: those that take any text. The
+# chat task's texts are OpenAI requests, which the endpoint's OpenAI-compatible routes serve.
+SERVED_TASKS = {name: cls for name, cls in TASKS.items() if cls.input_format is None}
+
 ServeTasksConfig = create_model(
     "ServeTasksConfig",
     __base__=_Model,
@@ -370,13 +419,13 @@ ServeTasksConfig = create_model(
     "parameters; a request's own parameters override them. Omitted: all tasks, no defaults.",
     **{
         name: (Optional[_defaults_model(cls.config_model)], Field(None, description=f"POST /v1/{cls.route}: {cls.description}"))
-        for name, cls in TASKS.items()
+        for name, cls in SERVED_TASKS.items()
     },
 )
 
 
 def _all_task_routes():
-    return ServeTasksConfig(**{name: {} for name in TASK_NAMES})
+    return ServeTasksConfig(**{name: {} for name in SERVED_TASKS})
 
 
 class HTTPConfig(_Model):
@@ -522,7 +571,7 @@ class ServeConfig(_Model):
 
     def task_routes(self) -> dict[str, Any]:
         """Enabled task name -> its server-side defaults, in registry order."""
-        return {n: getattr(self.tasks, n) for n in TASK_NAMES if getattr(self.tasks, n) is not None}
+        return {n: getattr(self.tasks, n) for n in SERVED_TASKS if getattr(self.tasks, n) is not None}
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "ServeConfig":

@@ -30,7 +30,11 @@ class ErrorKind(str, enum.Enum):
     GENERATION_ERROR = "generation_error"  # the engine failed this one request
     TIMEOUT = "timeout"  # online: the request ran past its deadline (504)
     # The online request as a whole (pipeline serve): the `error.kind` of a non-200 answer.
+    # Also a request line of an OpenAI batch file (input.format openai_batch, the chat task)
+    # that is not a valid request: method, body, messages, a parameter's value.
     INVALID_REQUEST = "invalid_request"  # a malformed body, a bad parameter or a limit passed (400/422)
+    # A batch request line valid for OpenAI that is not served here: another url, n > 1, tools, ...
+    UNSUPPORTED_REQUEST = "unsupported_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over limits.max_body_bytes (413)
     UNAUTHORIZED = "unauthorized"  # no or a wrong API key (401)
     NOT_FOUND = "not_found"  # no such route or model (404)
@@ -52,6 +56,8 @@ INPUT_KINDS = frozenset(
         ErrorKind.EMPTY_TEXT,
         ErrorKind.READ_ERROR,
         ErrorKind.DUPLICATE_ID,
+        ErrorKind.INVALID_REQUEST,
+        ErrorKind.UNSUPPORTED_REQUEST,
     }
 )
 

@@ -33,7 +33,7 @@ class SourceFile:
     uri: str  # absolute local path (no file://) or full URI (s3://b/k, gs://b/k, https://...)
     size: int  # bytes, -1 if unknown
     fingerprint: str  # changes when the content changes
-    format: str  # 'jsonl' | 'csv' | 'text' | 'parquet'
+    format: str  # 'jsonl' | 'csv' | 'text' | 'parquet' | 'openai_batch'
     compression: str | None  # 'gzip' | 'bz2' | 'zstd' | None
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.tasks.base import COMMON_COLUMNS, Completion, Task, TaskConfig, TaskOutputError
+from pipeline.tasks.base import COMMON_COLUMNS, Completion, Task, TaskConfig, TaskInputError, TaskOutputError
 from pipeline.tasks.registry import TASKS
 
 if TYPE_CHECKING:
@@ -18,4 +18,4 @@ def build_tasks(cfg: "TasksConfig") -> list[Task]:
     return [TASKS[name](task_cfg) for name, task_cfg in cfg.enabled().items()]
 
 
-__all__ = ["COMMON_COLUMNS", "Completion", "Task", "TaskConfig", "TaskOutputError", "REGISTRY", "TASKS", "build_tasks"]
+__all__ = ["COMMON_COLUMNS", "Completion", "Task", "TaskConfig", "TaskInputError", "TaskOutputError", "REGISTRY", "TASKS", "build_tasks"]

@@ -112,6 +112,14 @@ class TaskOutputError(ValueError):
     """The model's answer could not be parsed into the task's columns (becomes an error record)."""
 
 
+class TaskInputError(ValueError):
+    """A text the task cannot take (a chat request it cannot serve): an error record of `kind`."""
+
+    def __init__(self, kind: Any, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class Task:
     name: ClassVar[str]
     # The online endpoint's path for this task: POST /v1/<route> (a verb or noun a client reads).
@@ -131,9 +139,15 @@ class Task:
     default_examples: ClassVar[list[tuple[str, str]]] = []
     # What context_policy 'split' does with the parts' answers (pipeline/tasks/execute.py):
     # 'join' them in order, 'reduce' them (answer the joined answers, recursively), or
-    # 'aggregate' them (Task.aggregate).
-    split_mode: ClassVar[Literal["join", "reduce", "aggregate"]]
+    # 'aggregate' them (Task.aggregate). None: the task's texts cannot be split.
+    split_mode: ClassVar[Optional[Literal["join", "reduce", "aggregate"]]]
     default_context_policy: ClassVar[ContextPolicy] = "split"
+    # The policies that make sense for the task's texts; an engine-wide one outside them
+    # gives way to the task's default.
+    context_policies: ClassVar[tuple[ContextPolicy, ...]] = ("split", "truncate", "reject")
+    # The input format the task's texts must come in (chat: 'openai_batch' request bodies);
+    # None: any format's text. The job config checks that the two agree.
+    input_format: ClassVar[Optional[str]] = None
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -143,6 +157,13 @@ class Task:
     def params(self) -> dict[str, Any]:
         """Task parameters usable in prompt templates and written as output columns."""
         return {}
+
+    def for_text(self, text: str) -> "Task":
+        """The task as it applies to one text: itself for tasks whose prompt and sampling are
+        the same for every text; a task whose text is a whole request (chat) returns itself
+        bound to that request's messages and sampling. Raises TaskInputError for a text the
+        task cannot take (an error record, never a crash)."""
+        return self
 
     def messages(self, text: str) -> list[dict[str, str]]:
         """Chat messages for one document. The system part is identical for every row,
@@ -167,10 +188,16 @@ class Task:
         `pipeline.tasks.execute.execute` before every row; cached by the task."""
         return self
 
+    def prompt_ids(self, tokenizer: Any) -> Optional[list[int]]:
+        """Prompt token ids the task gives itself, bypassing the chat template (a completion
+        request's raw prompt); None: the prompt is `messages` through the template."""
+        return None
+
     # -- long texts -------------------------------------------------------------------
     def context_policy(self, engine_default: Optional[str] = None) -> str:
         """The task's own setting, else the engine-wide one, else the task's default."""
-        return self.cfg.context_policy or engine_default or self.default_context_policy
+        policy = self.cfg.context_policy or engine_default or self.default_context_policy
+        return policy if policy in self.context_policies else self.default_context_policy
 
     def part_tokens(self, room: int) -> int:
         """Most text tokens per part, given `room` left in the context by the prompt and the

@@ -27,6 +27,9 @@ result, by the task's `split_mode`:
   per request, recursively until one answer is left (`depth` levels).
 - 'aggregate' (sentiment): `Task.aggregate` over the parts' answers, weighted by tokens.
 
+Tasks whose text is a whole request (chat: an OpenAI chat-completion body) are bound to it
+first (`Task.for_text`): the same steps then take the request's own messages and sampling.
+
 Still one TaskResult per (task, text): the row is whole or an error, never half done.
 Token counts sum over every request made for it.
 """
@@ -41,7 +44,7 @@ from typing import Any, Awaitable, Optional, Protocol, Sequence
 
 from pipeline.engine.outputs import Generation
 from pipeline.errors import ErrorKind
-from pipeline.tasks.base import Task, TaskOutputError
+from pipeline.tasks.base import Task, TaskInputError, TaskOutputError
 from pipeline.tasks.prompting import PromptTooLong, prompt_budget, render_text, render_tokens, template_tokens
 from pipeline.tasks.split import Document, Part, split
 
@@ -132,6 +135,10 @@ def finish(task: Task, gen: Generation, input_truncated: bool) -> TaskResult:
 async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -> TaskResult:
     """One task on one text, through the engine."""
     t0 = time.perf_counter()
+    try:
+        task = task.for_text(text)  # chat: the request's own messages and sampling
+    except TaskInputError as e:
+        return TaskResult.failure(task.name, e.kind, str(e))
     policy = task.context_policy(ctx.context_policy)
     try:
         task = await task.bind(engine, ctx)  # e.g. sentiment's calibration, measured once per model
@@ -147,6 +154,8 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
             ids, truncated = render_tokens(task, text, ctx.tokenizer, ctx.max_model_len, policy)
     except PromptTooLong as e:
         return TaskResult.failure(task.name, ErrorKind.TOO_LONG, str(e))
+    except TaskInputError as e:  # a completion request's own prompt ids, checked against the vocabulary
+        return TaskResult.failure(task.name, e.kind, str(e))
     t1 = time.perf_counter()
     try:
         gen = await _generate(engine, ids, task.sampling_params_for(text), ctx.retries)

@@ -65,13 +65,15 @@ def render_tokens(
             text = text[:cap]
     else:
         truncated = False
-    ids = _encode(render_text(task, text, tokenizer), tokenizer)
+    own = task.prompt_ids(tokenizer)
+    ids = own if own is not None else _encode(render_text(task, text, tokenizer), tokenizer)
     if len(ids) <= budget:
         return ids, truncated
-    if policy == "reject":
+    if policy == "reject" or own is not None:
+        other = " or use context_policy: truncate" if "truncate" in task.context_policies else ""
         raise PromptTooLong(
             f"prompt is {len(ids)} tokens; max_model_len {max_model_len} leaves {budget} after "
-            f"{task.max_output_tokens()} output tokens (raise engine.max_model_len or use context_policy: truncate)"
+            f"{task.max_output_tokens()} output tokens (raise engine.max_model_len{other})"
         )
     text_ids = tokenizer.encode(text, add_special_tokens=False)
     overhead = len(ids) - len(text_ids)

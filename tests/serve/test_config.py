@@ -8,21 +8,20 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import ServeConfig
-from pipeline.tasks import TASKS
+from pipeline.config import SERVED_TASKS, ServeConfig
 
 
 def test_defaults_are_safe_and_serve_every_task():
     c = ServeConfig()
     assert (c.http.host, c.http.port) == ("127.0.0.1", 8000)
-    assert list(c.task_routes()) == list(TASKS)
+    assert list(c.task_routes()) == list(SERVED_TASKS)  # every task that takes text (not chat)
     assert not c.auth.enabled
     assert c.admission.max_queued_requests > 0 and c.admission.max_texts_in_flight > 0  # bounded, never -1
     assert c.limits.max_texts <= c.admission.max_texts_in_flight
 
 
 def test_route_names_come_from_the_task_classes():
-    routes = [cls.route for cls in TASKS.values()]
+    routes = [cls.route for cls in SERVED_TASKS.values()]
     assert routes == ["sentiment", "summarize", "translate"] and len(set(routes)) == len(routes)
 
 

@@ -97,9 +97,9 @@ def test_batch_and_online_give_the_same_results(server, batch_job):
     proc, out, log = batch_job
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
 
-    from pipeline.tasks import TASKS
+    from pipeline.config import SERVED_TASKS
 
-    routes = {name: cls.route for name, cls in TASKS.items()}
+    routes = {name: cls.route for name, cls in SERVED_TASKS.items()}
     compared = 0
     with server.client() as c:
         for task, route in routes.items():

@@ -27,7 +27,13 @@ class Cursor:
 
 
 # name -> (module, needs random access: Parquet reads its footer first)
-FORMATS = {"jsonl": ("jsonl", False), "csv": ("csv", False), "text": ("text", False), "parquet": ("parquet", True)}
+FORMATS = {
+    "jsonl": ("jsonl", False),
+    "csv": ("csv", False),
+    "text": ("text", False),
+    "parquet": ("parquet", True),
+    "openai_batch": ("openai_batch", False),  # OpenAI batch request lines (the chat task)
+}
 
 
 def reader_for(name: str) -> tuple[Callable, bool]:
