@@ -522,14 +522,13 @@ def _with_core_cause(message: str) -> str:
             tail = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return message
-    import re
+    from pipeline.logs import EXC_LINE
 
-    exc = re.compile(r"(?:^|\s)((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception)): (.+)$")
     for line in reversed(tail):
-        m = exc.search(line.strip())
+        m = EXC_LINE.search(line.strip())
         if m and "See root cause" not in line and "See stack trace" not in line:
             head = message.split(". See root cause above", 1)[0]
-            return f"{head}: {m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+            return f"{head}: {m['exc'].rsplit('.', 1)[-1]}: {m['msg'].strip()}"
     return message
 
 
