@@ -21,14 +21,18 @@ def print_report(f: RunFacts, console: Any) -> None:
     if f.ledger.get("error"):
         console.print(f"[red]error:[/red] {escape(f.ledger['error'])}")
 
-    t = Table(title="tasks (cut: answers cut at max_tokens or empty; truncated: inputs cut to fit)", title_justify="left")
-    t.add_column("task", no_wrap=True, min_width=max((len(x.name) for x in f.tasks), default=4))
-    for col in ("ok", "failed", "cut", "truncated", "tokens in", "tokens out", "median out"):
+    t = Table(title="tasks (cut: answers cut at max_tokens or empty; tok: tokens; median: output tokens per answer)",
+              title_justify="left")
+    t.add_column("task", no_wrap=True)
+    for col in ("ok", "failed", "cut", "tok in", "tok out", "median"):
         t.add_column(col, justify="right", no_wrap=True)
     for x in f.tasks:
-        t.add_row(x.name, f"{x.rows:,}", f"{x.errors:,}", f"{x.output_truncated:,}", f"{x.input_truncated:,}",
-                  f"{x.prompt_tokens:,}", f"{x.output_tokens:,}", _median(x.output_lengths))
+        t.add_row(x.name, f"{x.rows:,}", f"{x.errors:,}", f"{x.output_truncated:,}", f"{x.prompt_tokens:,}",
+                  f"{x.output_tokens:,}", _median(x.output_lengths))
     console.print(t)
+    cut_inputs = [f"{x.name} {x.input_truncated:,}" for x in f.tasks if x.input_truncated]
+    if cut_inputs:
+        console.print(f"inputs truncated to fit the context: {', '.join(cut_inputs)}")
 
     if f.errors:
         t = Table(title="errors by kind", title_justify="left")
