@@ -295,6 +295,13 @@ class ProgressCounter:
 
 
 # -- the driver's view ----------------------------------------------------------------------
+def _engines_missing(s: "Snapshot") -> bool:
+    """Fewer engines than actors while work remains (one restarting, one still loading); at
+    the end of a run the engines stop on purpose, which is not worth a note."""
+    finished = s.planned_exact and s.planned is not None and s.done >= s.planned
+    return s.engines_ready < s.actors and not finished
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
@@ -403,7 +410,7 @@ class ProgressReporter:
         pct = f" ({100 * s.done / planned:.0f}%)" if planned else ""
         speed = f"{r.tokens_per_s:,.0f} tok/s, {r.requests_per_s:,.1f} req/s" if r.tokens_per_s is not None else "measuring speed"
         eta = f", ETA {_fmt_duration(r.eta_s)}" if r.eta_s is not None else ""
-        engines = f"; {s.engines_ready} of {s.actors} engines ready" if s.engines_ready < s.actors else ""
+        engines = f"; {s.engines_ready} of {s.actors} engines ready" if _engines_missing(s) else ""
         return (f"{s.done:,}/{total} requests{pct}, {speed}{eta}; {self.counts_text(s)}; "
                 f"{s.rows_committed:,} rows committed{engines}")
 
@@ -526,7 +533,7 @@ class _Bar:
         eta = f"ETA {_fmt_duration(r.eta_s)}" if r.eta_s is not None else ""
         p.update(self.task, description="requests", total=planned, completed=min(s.done, planned or s.done),
                  counts=f"{s.done:,}/{total}", speed=speed, eta=eta)
-        engines = f"  ({s.engines_ready} of {s.actors} engines ready)" if s.engines_ready < s.actors else ""
+        engines = f"  ({s.engines_ready} of {s.actors} engines ready)" if _engines_missing(s) else ""
         p.detail = self._Text(f"  {self.reporter.counts_text(s)}; {s.rows_committed:,} rows committed{engines}")
 
     def close(self) -> None:

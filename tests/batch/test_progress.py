@@ -84,3 +84,13 @@ def test_engines_are_asked_to_stop_once_every_row_is_committed(monkeypatch):
     later = progress.time.time() + 60
     monkeypatch.setattr(progress.time, "time", lambda: later)
     assert c.engines_running() == 0  # e2's actor went silent: not waited for
+
+
+def test_missing_engines_are_noted_while_work_remains_only():
+    rep = ProgressReporter(counter=None, interactive=False)
+    base = counter(files=1).snapshot()
+    base.files_read, base.requests_read, base.engines_ready = 1, 10, 1  # 1 of the 2 actors' engines up
+    r = rep.rates(base)
+    assert "1 of 2 engines ready" in rep.line(dataclasses.replace(base, ok={"sentiment": 4}), r)
+    # Every request finished: the engines stop on purpose at the end of a run.
+    assert "engines ready" not in rep.line(dataclasses.replace(base, ok={"sentiment": 10}, engines_ready=0), r)
