@@ -123,6 +123,24 @@ def overview_rows(f: RunFacts) -> list[tuple[str, str]]:
         rows.append(("prefix cache", f"{s.prefix_cache_hit_rate:.1%} of prompt tokens served from the cache"))
     if s.version is not None:
         rows.append(("published version", str(s.version)))
+    return rows + evaluation_rows(s)
+
+
+def evaluation_rows(s: Any) -> list[tuple[str, str]]:
+    """The run summary's evaluation (quality signals per task, metrics against gold columns),
+    in the words the printed summary uses (`pipeline.eval.report.summary_lines`)."""
+    if s.evaluation is None:
+        return []
+    from pipeline.eval.report import summary_lines
+
+    rows = []
+    for line in summary_lines(s.evaluation.model_dump(mode="json", exclude_none=True)):
+        text = line.strip()
+        if text.startswith(("quality ", "metrics ")):
+            kind, task, rest = text.split(None, 2)
+            rows.append((f"{kind}: {task}", rest))
+        else:  # "evaluation failed: ..."
+            rows.append(("evaluation", text))
     return rows
 
 
