@@ -798,7 +798,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         # the traceback goes to the log file (to the terminal with --verbose).
         logger.debug("failed", exc_info=True, extra={"terminal": args.verbose})
         print(f"error: {e}", file=term.stream)
-        failed = e.exit_status != ExitStatus.USAGE  # a bad spec or flag: the message says it all
+        # Meant for a person, it says it all: no temporary log to point at (a run's own log
+        # is in its folder, and a run failure names it).
+        failed = False
         return int(e.exit_status)
     except KeyboardInterrupt:
         print("interrupted: committed parts are kept; the same command resumes", file=term.stream)

@@ -511,7 +511,9 @@ class ServeConfig(_Model):
                 f"limits.max_texts ({self.limits.max_texts}) is above admission.max_texts_in_flight "
                 f"({self.admission.max_texts_in_flight}): such a request could never be admitted"
             )
-        if self.limits.max_tokens >= self.engine.max_model_len:
+        # Unset max_model_len: the model's own limit, known once the engine reads the model
+        # (the replica then checks each request against it).
+        if self.engine.max_model_len is not None and self.limits.max_tokens >= self.engine.max_model_len:
             raise ValueError(
                 f"limits.max_tokens ({self.limits.max_tokens}) leaves no room for a prompt in "
                 f"engine.max_model_len ({self.engine.max_model_len})"

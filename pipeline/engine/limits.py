@@ -14,11 +14,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import EngineConfig
 from pipeline.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 # The keys vLLM reads for a model's context length, smallest wins
 # (vllm/transformers_utils/model_arch_config_convertor.py: derive_max_model_len_and_key).
@@ -36,6 +39,8 @@ CONTEXT_KEYS = (
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 # The smallest context worth running: a prompt of a few sentences plus an answer.
 MIN_CONTEXT = 128
+# vLLM's assumption for a config.json without any of CONTEXT_KEYS (its _get_and_verify_max_len).
+UNKNOWN_CONTEXT = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +136,11 @@ def resolve_max_model_len(cfg: EngineConfig, model_path: str | Path, device: Opt
             )
         return want
 
-    choices = [c for c in (limits.context, capacity) if c is not None]
-    if not choices:
-        raise UsageError(
-            f"engine.max_model_len: {limits.config_path} names no context length "
-            f"({', '.join(CONTEXT_KEYS[:3])}, ...); set engine.max_model_len"
-        )
+    if limits.context is None:
+        # vLLM does the same (with a warning) when config.json names no context length.
+        logger.debug("%s names no context length (%s, ...): assuming %d tokens, as vLLM does; set "
+                       "engine.max_model_len to choose", limits.config_path, ", ".join(CONTEXT_KEYS[:3]), UNKNOWN_CONTEXT)
+    choices = [c for c in (limits.context or UNKNOWN_CONTEXT, capacity) if c is not None]
     value = min(choices)
     if value < MIN_CONTEXT:
         raise UsageError(
