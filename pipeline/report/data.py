@@ -106,10 +106,10 @@ def _read_timeline(store: Store, run_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def _dataset(store: Store, manifest: dict[str, Any], name: str, columns: list[str], run_id: str) -> Optional[pa.Table]:
+def _dataset(store: Store, datasets: dict[str, list[str]], name: str, columns: list[str], run_id: str) -> Optional[pa.Table]:
     import pyarrow.dataset as pads
 
-    files = [store.path(f) for f in manifest["datasets"].get(name, [])]
+    files = [store.path(f) for f in datasets.get(name, [])]
     if not files:
         return None
     ds = pads.dataset(files, filesystem=store.fs, format="parquet")
@@ -118,13 +118,14 @@ def _dataset(store: Store, manifest: dict[str, Any], name: str, columns: list[st
 
 
 def _read_rows(store: Store, run_id: str, task_names: list[str]) -> tuple[list[TaskFacts], list[ErrorKindFacts]]:
-    manifest = read_manifest(store) or {"datasets": {}}
-    err = _dataset(store, manifest, ERRORS, ERROR_COLUMNS, run_id)
+    manifest = read_manifest(store)
+    datasets = manifest.datasets if manifest is not None else {}
+    err = _dataset(store, datasets, ERRORS, ERROR_COLUMNS, run_id)
     err_by_task: Counter = Counter(err["task"].to_pylist()) if err is not None else Counter()
     tasks = []
     for name in task_names:
         cols = TASK_COLUMNS + (["label"] if name == "sentiment" else [])
-        t = _dataset(store, manifest, name, cols, run_id)
+        t = _dataset(store, datasets, name, cols, run_id)
         if t is None:
             t = pa.table({c: pa.array([], pa.int64()) for c in ("output_tokens", "prompt_tokens")})
         lengths = t["output_tokens"].to_pylist()

@@ -27,9 +27,9 @@ def pick_rows(output: str, task: str, n: int, run_id: Optional[str] = None, seed
     manifest = read_manifest(store)
     if manifest is None:
         raise UsageError(f"{output} has no published output yet (no _manifest.json)")
-    files = [store.path(f) for f in manifest["datasets"].get(task, [])]
+    files = [store.path(f) for f in manifest.datasets.get(task, [])]
     if not files:
-        raise UsageError(f"{output} has no {task} results; it has: {', '.join(sorted(manifest['datasets'])) or 'none'}")
+        raise UsageError(f"{output} has no {task} results; it has: {', '.join(sorted(manifest.datasets)) or 'none'}")
     ds = pads.dataset(files, filesystem=store.fs, format="parquet")
     cols = [c for c in ["row_id", "source", "position", "output_text", "output_truncated", "input_truncated",
                         "run_id"] + EXTRA.get(task, []) if c in ds.schema.names]
