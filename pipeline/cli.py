@@ -6,6 +6,8 @@
     pipeline export OUT --format openai-batch          # results.jsonl + errors.jsonl of a published output
     pipeline runs OUT                                  # the ledger of runs of an output
     pipeline gc OUT                                    # delete what the output no longer needs
+    pipeline report OUT                                # a run's summary: terminal tables and an HTML page
+    pipeline show OUT --task sentiment -n 5            # a few results beside their input text
     pipeline models pull                               # prepare the default model once
     pipeline validate jobs/sample.yaml                 # check a spec, start nothing
     pipeline submit jobs/x.yaml --address http://HEAD:8265 --wait   # a job on a Ray cluster
@@ -137,11 +139,18 @@ def _validation_message(e, spec_path: Optional[str]) -> str:
     return "\n".join(lines)
 
 
+def _open_run_log(plan) -> None:
+    """Once the run is known: the log file moves into its folder (OUT/_runs/<run>/)."""
+    from pipeline import logs
+
+    logs.open_run_log(plan.store, plan.run_id)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     from pipeline.batch.runner import run
 
-    _print_summary(run(spec, force=args.force, wait=args.wait))
+    _print_summary(run(spec, force=args.force, wait=args.wait, on_plan=_open_run_log))
     _export_batch_output(spec)
     return ExitStatus.OK
 
@@ -212,6 +221,8 @@ def _print_summary(s) -> None:
     print(f"  wall time: {s.wall_seconds}s")
     if s.output and s.kind == "run":
         print(f"  summary: {s.output.rstrip('/')}/summary.json")
+    if s.output and s.status == "published":
+        print(f"  report: pipeline report {s.output}   results: pipeline show {s.output} --task TASK")
 
 
 def cmd_retry_errors(args: argparse.Namespace) -> int:
@@ -223,7 +234,7 @@ def cmd_retry_errors(args: argparse.Namespace) -> int:
     unknown = sorted(set(kinds) - {k.value for k in ErrorKind})
     if unknown:
         raise UsageError(f"--kinds: unknown error kind(s) {', '.join(unknown)}; known: {', '.join(k.value for k in ErrorKind)}")
-    _print_summary(retry_errors(spec, kinds, force=args.force, wait=args.wait))
+    _print_summary(retry_errors(spec, kinds, force=args.force, wait=args.wait, on_plan=_open_run_log))
     _export_batch_output(spec)
     return ExitStatus.OK
 
@@ -316,6 +327,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if args.output:
         print(f"eval runs' outputs: {workdir}")
+    return ExitStatus.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import build_report
+
+    build_report(args.output, run_id=args.run, html_path=args.html, write_html=not args.no_html)
+    return ExitStatus.OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipeline.report.show import show
+
+    show(args.output, task=args.task, n=args.n, run_id=args.run, seed=args.seed, width=args.width)
     return ExitStatus.OK
 
 
@@ -709,11 +734,14 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
                         "retry-errors: retry even though the spec differs from the published configuration")
     p.add_argument("--wait", action="store_true",
                    help="if another run is writing the output, wait for it instead of exiting with status 3")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show every library's logs (Ray, vLLM) on the terminal, not only ours")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Batch LLM inference over text corpora (Ray Data + vLLM).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's logs (Ray, vLLM) on the terminal, not only ours; debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a batch job (resumes an interrupted one)")
@@ -766,6 +794,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list, delete nothing")
     p.add_argument("--wait", action="store_true", help="wait for a writer holding the output")
     p.set_defaults(func=cmd_gc)
+    p = sub.add_parser("report", help="a run's summary for a person: tables here and an HTML page with charts")
+    p.add_argument("output", help="the output folder of a run")
+    p.add_argument("--run", help="run id (default: the last run, as in OUT/summary.json)")
+    p.add_argument("--html", metavar="FILE", help="write the page here (default: OUT/_runs/<run>/report.html)")
+    p.add_argument("--no-html", action="store_true", help="tables on the terminal only")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("show", help="a few results beside their input text")
+    p.add_argument("output", help="the output folder of a run")
+    from pipeline.tasks import TASKS as _TASKS
+
+    p.add_argument("--task", required=True, choices=list(_TASKS))
+    p.add_argument("-n", type=int, default=5, help="how many rows (default 5)")
+    p.add_argument("--run", help="only this run's rows (default: all published rows)")
+    p.add_argument("--seed", type=int, default=None, help="pick rows at random with this seed (default: the first rows)")
+    p.add_argument("--width", type=int, default=None, help="characters of input text to show (default: fit the terminal)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="write a published output in another format (OpenAI batch output files)")
     p.add_argument("output", help="output folder (local or s3://)")
@@ -786,23 +831,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
-    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from pipeline import logs
     from pipeline.errors import PipelineError
 
+    # A run's terminal shows our lines only; everything else goes to the run's log file
+    # (pipeline/logs.py). Other commands print little and keep the usual streams.
+    term = logs.setup(verbose=args.verbose, capture=args.command in ("run", "retry-errors"))
+    failed = True
     try:
-        return int(args.func(args) or ExitStatus.OK)
+        status = int(args.func(args) or ExitStatus.OK)
+        failed = status != ExitStatus.OK
+        return status
     except PipelineError as e:
         # One line (or a short block for a spec with several bad fields) a person can act on;
-        # the traceback only with --verbose.
-        logger.debug("failed", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
+        # the traceback goes to the log file (to the terminal with --verbose).
+        logger.debug("failed", exc_info=True, extra={"terminal": args.verbose})
+        print(f"error: {e}", file=term.stream)
+        # Meant for a person, it says it all: no temporary log to point at (a run's own log
+        # is in its folder, and a run failure names it).
+        failed = False
         return int(e.exit_status)
     except KeyboardInterrupt:
-        print("interrupted: committed parts are kept; the same command resumes", file=sys.stderr)
+        print("interrupted: committed parts are kept; the same command resumes", file=term.stream)
         return 130
+    except Exception as e:  # a bug or an unexpected failure: one line here, the traceback in the log
+        if args.verbose or logs.log_path() is None:
+            raise
+        logger.error("unexpected error", exc_info=True, extra={"terminal": False})
+        print(f"error: {logs.root_cause(e)} (traceback in {logs.log_path()})", file=term.stream)
+        return int(ExitStatus.FAILED)
+    finally:
+        logs.close(keep_temp=failed)
 
 
 if __name__ == "__main__":  # vLLM spawns processes: entry points need this guard

@@ -157,7 +157,13 @@ class EngineConfig(_Model):
         "auto",
         description="'auto': float32 on CPUs without native bf16 (about 3x faster there), bfloat16 on those with it; the model's dtype on GPUs.",
     )
-    max_model_len: int = Field(2048, ge=128, description="Context length (prompt + output tokens).")
+    max_model_len: Optional[int] = Field(
+        None,
+        ge=128,
+        description="Context length (prompt + output tokens). Default: the model's own limit (config.json: "
+        "max_position_embeddings, ...), capped by what the KV cache holds (CPU: kv_cache_gib). A larger value "
+        "fails before anything starts, naming the limit.",
+    )
     max_num_seqs: int = Field(256, ge=1, description="Most sequences the engine batches at once.")
     kv_cache_gib: float = Field(
         1.0, gt=0, description="CPU only: KV cache size per engine, GiB (VLLM_CPU_KVCACHE_SPACE)."
@@ -237,6 +243,13 @@ class ResourcesConfig(_Model):
         None, description="Ray cluster to join ('auto', 'ray://host:10001'); default starts a local one in-process."
     )
     num_cpus: Optional[int] = Field(None, ge=1, description="Logical CPUs of the in-process local cluster.")
+    metrics_export_port: Optional[int] = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Local cluster only: the port where Ray serves its metrics and the run's (pipeline_*) in "
+        "Prometheus format, at /metrics. On a cluster, the nodes' own port (`ray start --metrics-export-port`).",
+    )
 
 
 class EvaluationConfig(_Model):
@@ -562,7 +575,9 @@ class ServeConfig(_Model):
                 f"limits.max_texts ({self.limits.max_texts}) is above admission.max_texts_in_flight "
                 f"({self.admission.max_texts_in_flight}): such a request could never be admitted"
             )
-        if self.limits.max_tokens >= self.engine.max_model_len:
+        # Unset max_model_len: the model's own limit, known once the engine reads the model
+        # (the replica then checks each request against it).
+        if self.engine.max_model_len is not None and self.limits.max_tokens >= self.engine.max_model_len:
             raise ValueError(
                 f"limits.max_tokens ({self.limits.max_tokens}) leaves no room for a prompt in "
                 f"engine.max_model_len ({self.engine.max_model_len})"

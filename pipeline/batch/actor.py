@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -59,10 +60,16 @@ class InferenceActor:
         run_id: str,
         progress: Optional[Any] = None,
         engines_per_node: Optional[int] = None,
+        worker_logs: bool = False,
     ):
         """`engines_per_node`: CPU engines sharing each node's cores (None: the engine has
         its node to itself, or runs on a GPU)."""
         created_at = time.time()
+        if worker_logs:  # the CLI's quiet terminal: our lines marked, so the driver shows them
+            from pipeline.logs import setup_worker
+
+            setup_worker()
+        from pipeline.batch.progress import Tally
         from pipeline.engine.engine import Engine, claim_cpu_slot, reap_orphaned_engines
 
         self.spec = JobSpec.model_validate_json(spec_json)
@@ -71,34 +78,61 @@ class InferenceActor:
         self.run_id = run_id
         self.committer = RunCommitter(Store(self.spec.output.path), run_id)
         self.progress = progress
+        self.instance = uuid.uuid4().hex
+        self.tally = Tally()  # requests finished since the watchdog's last report
+        self._reported: list = []  # progress records of this batch's commits, awaited before it returns
+        self._closing = False
+        if progress is not None:
+            progress.engine_loading.remote(self.instance)
         reap_orphaned_engines()  # a restarted actor: free what its killed predecessor held
         # Several CPU engines on a node: this actor's share of its cores (held while it lives).
         self._slot = claim_cpu_slot(self.spec.engine, engines_per_node) if engines_per_node and engines_per_node > 1 else None
         self.engine = Engine(model_path, self.spec.engine, slot=self._slot.slot if self._slot else None).start()
-        self.instance = uuid.uuid4().hex
         if progress is not None:
             progress.engine_ready.remote(self.instance, self.engine.load_seconds, time.time(), created_at, self.engine.describe())
-        self.ctx = ExecContext.for_engine(self.engine.tokenizer, self.spec.engine)
+        self.ctx = ExecContext.for_engine(self.engine.tokenizer, self.spec.engine, self.engine.max_model_len)
         self._slots: Optional[asyncio.Semaphore] = None  # made on Ray Data's event loop, at first call
-        threading.Thread(target=self._watchdog, name="engine-watchdog", daemon=True).start()
+        # Held weakly by the watchdog thread: dropping the actor must free it (__del__).
+        threading.Thread(target=InferenceActor._watchdog, args=(weakref.ref(self),), name="engine-watchdog",
+                         daemon=True).start()
 
-    def _watchdog(self) -> None:
-        """A hung engine is a dead engine: exit, so that Ray restarts the actor and retries the batch."""
-        timeout = self.spec.engine.hang_timeout_s
-        reported, last_report = 0, 0.0
+    @staticmethod
+    def _watchdog(ref: "weakref.ref[InferenceActor]") -> None:
+        """A hung engine is a dead engine: exit, so that Ray restarts the actor and retries the
+        batch. Also reports finished requests and the engine's gauges to the progress actor
+        every second, so that progress moves between commits."""
         while True:
+            me = ref()
+            if me is None or me._closing:
+                return
+            timeout = me.spec.engine.hang_timeout_s
+            del me
             time.sleep(min(1.0, timeout / 4))
-            if self.engine.is_dead():
-                self._die(RuntimeError("the engine-core process exited"))
-            done = self.engine.finished_requests
-            now = time.monotonic()
-            if self.progress is not None and done > reported and now - last_report >= 2:
-                self.progress.record.remote({"requests": done - reported})  # live, between commits
-                reported, last_report = done, now
-            stalled = self.engine.stalled_for()
-            if stalled > timeout:
-                logger.error("engine made no progress for %.0fs (hang_timeout_s=%s): restarting the actor", stalled, timeout)
-                os._exit(70)
+            me = ref()
+            if me is None or me._closing:
+                return
+            me._watch_once(timeout)
+            del me
+
+    def _watch_once(self, timeout: float) -> None:
+        if self.engine.is_dead():
+            self._die(RuntimeError("the engine-core process exited"))
+        if self.progress is not None:
+            delta = self.tally.take()
+            gauges = {"in_flight": float(self.engine.in_flight), **self.engine.metrics()}
+            import ray
+
+            try:
+                stop = ray.get(self.progress.finished.remote(self.instance, delta, gauges), timeout=5)
+            except Exception:  # noqa: BLE001 - progress never breaks a run
+                stop = False
+            if stop:  # the run is over (every row committed): stop the engine while we may
+                self.shutdown()
+                return
+        stalled = self.engine.stalled_for()
+        if stalled > timeout:
+            logger.error("engine made no progress for %.0fs (hang_timeout_s=%s): restarting the actor", stalled, timeout)
+            os._exit(70)
 
     @staticmethod
     def _die(exc: BaseException) -> None:
@@ -136,8 +170,18 @@ class InferenceActor:
             meta.append(self._meta(piece.key, piece.unit, record.rows, False, counts, record.prompt_tokens,
                                    record.output_tokens, bytes_read))
             meta[-1]["commit_seconds"] = time.perf_counter() - t0
-        if self.progress is not None and todo:
-            self.progress.engine_metrics.remote(self.instance, self.engine.metrics())
+        if self.progress is not None:
+            if todo:
+                self.progress.engine_metrics.remote(self.instance, self.engine.metrics())
+            # What this batch finished, counted before the driver sees the batch, so that
+            # progress never lags behind the commits (the watchdog reports in between).
+            refs, self._reported = [*self._reported, self.progress.finished.remote(self.instance, self.tally.take(), None)], []
+            try:
+                await asyncio.wait_for(asyncio.gather(*refs), timeout=10)
+                if todo and await self.progress.all_committed.remote():
+                    await self._end_of_run()
+            except Exception:  # noqa: BLE001 - progress never holds up or breaks a batch
+                logger.debug("progress report not confirmed", exc_info=True)
         if meta:
             meta[0].update(timing, batch_seconds=time.perf_counter() - t_call)
         return pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -151,8 +195,9 @@ class InferenceActor:
             counts=json.dumps(counts), commit_seconds=0.0,
             prepare_seconds=0.0, generate_seconds=0.0, batch_seconds=0.0,
         )
-        if self.progress is not None:
-            self.progress.record.remote({k: m[k] for k in ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")})
+        if self.progress is not None and not skipped:  # a part committed by an earlier attempt counted then
+            self._reported.append(self.progress.record.remote(
+                {k: m[k] for k in ("rows", "ok", "errors", "prompt_tokens", "output_tokens", "bytes_read")}))
         return m
 
     # -- inference ------------------------------------------------------------------
@@ -161,7 +206,9 @@ class InferenceActor:
         is one `execute` coroutine (pipeline.tasks.execute, shared with the Serve endpoint);
         all of them are in the engine together, so continuous batching always has work."""
         keys, out = requests(cols, rows, self.tasks)
-        coros = [execute(self.tasks[t], cols["text"][i], self.engine, self.ctx) for i, t in keys]
+        for _, t in out:  # the reader already failed these rows: finished, for live progress
+            self.tally.add(self.tasks[t].name, ok=False)
+        coros = [self._tallied(execute(self.tasks[t], cols["text"][i], self.engine, self.ctx)) for i, t in keys]
         t0 = time.perf_counter()
         results = await asyncio.gather(*coros, return_exceptions=True)
         timing["generate_seconds"] += time.perf_counter() - t0
@@ -174,5 +221,41 @@ class InferenceActor:
             timing["prepare_seconds"] += r.timings.get("render", 0.0)
         return out
 
+    async def _end_of_run(self, timeout: float = 10.0) -> None:
+        """This batch committed the run's last rows. Once it returns, Ray Data ends the actor
+        pool and Ray terminates the actors' child processes, engine cores included, under
+        their live clients (which then print EngineDeadError tracebacks). So every engine
+        stops first: this one now, the others when their watchdog hears of it (within a
+        second); this batch returns when they have, or after `timeout`."""
+        self.progress.request_stop.remote()
+        await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and await self.progress.engines_running.remote() > 0:
+            await asyncio.sleep(0.2)
+
+    async def _tallied(self, coro) -> TaskResult:
+        """Count a request when it finishes, for live progress (the watchdog reports it)."""
+        r = await coro
+        self.tally.add(r.task, r.ok, r.prompt_tokens, r.output_tokens, r.output_truncated)
+        return r
+
     def shutdown(self) -> None:
+        """Stop the engine cleanly (its output handler and engine-core process), so that the
+        end of a run prints no EngineDeadError from a core killed under a live client."""
+        if self._closing:
+            return
+        self._closing = True  # first: the watchdog must not take the engine's exit for a death
         self.engine.shutdown()
+        if self.progress is not None:
+            import ray
+
+            try:  # waited for: the process may be about to exit
+                ray.get(self.progress.engine_gone.remote(self.instance), timeout=2)
+            except Exception:  # noqa: BLE001 - the driver then waits a little longer, no more
+                pass
+
+    def __del__(self) -> None:
+        # Ray Data's cleanup protocol for a callable class: on a graceful end of the actor
+        # pool it drops the instance (`__ray_shutdown__`), which runs this.
+        if getattr(self, "engine", None) is not None:
+            self.shutdown()

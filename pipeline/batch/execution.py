@@ -29,15 +29,24 @@ logger = logging.getLogger(__name__)
 
 
 # -- reading (runs in Ray tasks) ---------------------------------------------------------
-def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int, output: str = "", run_id: str = "") -> Iterator[pa.Table]:
+def read_sources(
+    batch: pa.Table, input_json: str, rows_per_unit: int, output: str = "", run_id: str = "", progress: Any = None,
+    n_tasks: int = 1, worker_logs: bool = False,
+) -> Iterator[pa.Table]:
     """Ray Data UDF: stream each file named in the batch as unit tables, minus committed rows.
     A file read to its end leaves a `FileRecord` (its record count) in the run's staging, so
     the publish can prove every record of it is held even if its last rows were never
-    committed by this attempt."""
+    committed by this attempt. Tells the progress actor what it read as it goes: requests
+    planned become known (or estimable) long before the engines have finished them."""
     from pipeline.io.commit import RunCommitter
     from pipeline.io.records import FileRecord
     from pipeline.io.sources import SourceFile
     from pipeline.io.store import Store
+
+    if worker_logs:
+        from pipeline.logs import setup_worker
+
+        setup_worker()
 
     cfg = InputConfig.model_validate_json(input_json)
     committer = RunCommitter(Store(output), run_id) if output else None
@@ -60,11 +69,19 @@ def read_sources(batch: pa.Table, input_json: str, rows_per_unit: int, output: s
             if held and table.num_rows:
                 table = _drop_positions(table, held)
             if table.num_rows:
+                if progress is not None:
+                    if "only_tasks" in table.column_names:
+                        requests = sum(len(t.split(",")) for t in table["only_tasks"].to_pylist())
+                    else:
+                        requests = table.num_rows * n_tasks
+                    progress.read.remote(table.num_rows, pc.sum(table["bytes_read"]).as_py() or 0, requests)
                 yield table
         if file_rows is None and not produced and not held:
             file_rows = 0  # no record at all (a read error would have made a row)
         if committer is not None and file_rows is not None:
             committer.write_file_record(src.key, FileRecord(source=src.uri, fingerprint=src.fingerprint, file_rows=file_rows))
+        if progress is not None:
+            progress.file_read.remote()
 
 
 def _read(src: Any, cfg: InputConfig, rows_per_unit: int, skip: set[str], held: RangeSet) -> Iterator[pa.Table]:
@@ -151,7 +168,17 @@ def init_ray(spec: JobSpec) -> None:
     else:
         kw["num_cpus"] = r.num_cpus or max(os.cpu_count() or 1, int(r.actors * r.cpus_per_actor) + 1)
         kw["include_dashboard"] = False
+        if r.metrics_export_port is not None:
+            kw["_metrics_export_port"] = r.metrics_export_port
+            # Export every 2 s (Ray's default: 10 s), so that a scrape sees a short run going.
+            kw["_system_config"] = {"metrics_report_interval_ms": 2000}
     ray.init(**kw)
+    from pipeline import logs
+
+    logs.route_worker_output()  # the CLI's quiet terminal: worker output to the run's log file
+    port = getattr(getattr(ray._private.worker.global_worker, "node", None), "metrics_export_port", None)
+    if r.metrics_export_port is not None and port:
+        logger.info("metrics (Prometheus): http://127.0.0.1:%s/metrics", port)
 
 
 def execute_plan(
@@ -182,14 +209,22 @@ def execute_plan(
     # lost worker node takes down with it (it held no state worth a restart elsewhere).
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from pipeline import logs
+
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    counter = ray.remote(num_cpus=0)(ProgressCounter).options(scheduling_strategy=here).remote()
+    total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None
+    counter = ray.remote(num_cpus=0)(ProgressCounter).options(scheduling_strategy=here).remote(
+        run_id=plan.run_id, tasks=list(spec.tasks.enabled()), actors=r.actors, files=len(items),
+        total_bytes=total_bytes,
+    )
+    worker_logs = logs.log_path() is not None  # our lines from workers marked for the quiet terminal
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         read_sources,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs=read_kwargs(plan),
+        fn_kwargs={**read_kwargs(plan), "progress": counter, "n_tasks": len(spec.tasks.enabled()),
+                   "worker_logs": worker_logs},
         num_cpus=0.25,  # reading is light next to inference; don't let it starve the engines
     )
     import warnings
@@ -206,6 +241,7 @@ def execute_plan(
             "run_id": plan.run_id,
             "progress": counter,
             "engines_per_node": engines_per_node,
+            "worker_logs": worker_logs,
         },
         # Several batches per actor at once (the actor's __call__ is async and keeps
         # engine.batches_in_flight of them in its engine); one more queued behind them.
@@ -218,8 +254,7 @@ def execute_plan(
         max_task_retries=-1,
         num_gpus=device_gpus,
     )
-    total_bytes = sum(s.size for s in plan.sources) if all(s.size >= 0 for s in plan.sources) else None
-    reporter = ProgressReporter(counter, total_bytes, interactive=interactive).start()
+    reporter = ProgressReporter(counter, interactive=interactive, store=plan.store, run_id=plan.run_id).start()
     t0 = time.perf_counter()
     computed = Counter({k: 0 for k in COMPUTED})
     try:
@@ -229,18 +264,23 @@ def execute_plan(
                 computed[k] += pc.sum(batch[k].filter(fresh)).as_py() or 0
         engines = _engine_report(counter)
     except Exception as e:
+        reason = logs.root_cause(e)
+        # The whole story (Ray's wrappers, the actor's traceback) for the log file; a person
+        # reads the cause in one line.
+        logger.error("run %s failed: %s", plan.run_id, reason, exc_info=True, extra={"terminal": False})
         entry_rel = f"_runs/{plan.run_id}.json"
         entry = plan.store.read_json(entry_rel) or {}
-        entry.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000], finished_at=time.time())
+        entry.update(status="failed", error=reason[:2000], finished_at=time.time())
         plan.store.write_json(entry_rel, entry)
         cause = _pipeline_error(e)
         if cause is not None:  # an error meant for a person (disk full, ...): its own line and status
             err = type(cause)(f"run {plan.run_id} failed: {cause}")
             err.exit_status = cause.exit_status
             raise err from e
+        where = logs.log_path()
         raise RunError(
-            f"run {plan.run_id} failed: {type(e).__name__}: {str(e)[:500]}. Nothing was published; committed "
-            "parts are kept, so rerunning the same command resumes where it stopped."
+            f"run {plan.run_id} failed: {reason}. Nothing was published; committed parts are kept, so rerunning "
+            "the same command resumes where it stopped." + (f" Details: {where}" if where else "")
         ) from e
     finally:
         reporter.stop()
@@ -321,6 +361,8 @@ def _gpus_per_actor(spec: JobSpec) -> float:
 def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
     """Engine start-up (so throughput can be given without it) and the prefix-cache hit rate."""
     out: dict[str, Any] = {}
+    if report.get("read_seconds") is not None:
+        out["read_seconds"] = round(report["read_seconds"], 3)
     engines = list(report.get("engines", {}).values())
     if engines:
         out["engines_started"] = len(engines)

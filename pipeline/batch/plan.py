@@ -51,10 +51,16 @@ class RunPlan:
 
 
 def make_plan(spec: JobSpec, force: bool = False) -> RunPlan:
+    from pipeline.engine.limits import resolve_max_model_len
     from pipeline.engine.models import model_fingerprint, resolve_model
     from pipeline.io.sources import list_sources
 
     model_path = resolve_model(spec.model.path)
+    # The model's own context limit by default, and an explicit value checked against it
+    # and the KV cache: here, before Ray starts, with the field and the limit named.
+    max_len = resolve_max_model_len(spec.engine, model_path)
+    if max_len != spec.engine.max_model_len:
+        spec = spec.model_copy(update={"engine": spec.engine.model_copy(update={"max_model_len": max_len})})
     model_id = model_fingerprint(model_path)
     env = result_environment(spec)
     config_fp = spec.result_fingerprint(model_id, env)

@@ -9,13 +9,13 @@ import logging
 import posixpath
 import time
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.batch.execution import execute_plan
-from pipeline.batch.plan import RunError, make_plan
+from pipeline.batch.plan import RunError, RunPlan, make_plan
 from pipeline.batch.summary import RunSummary, totals
 from pipeline.config import JobSpec
 from pipeline.errors import ErrorKind
@@ -33,7 +33,8 @@ _READ_ERROR = ErrorKind.READ_ERROR.value
 
 
 def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, interactive: Optional[bool] = None,
-                 force: bool = False, wait: bool = False) -> RunSummary:
+                 force: bool = False, wait: bool = False,
+                 on_plan: Optional[Callable[[RunPlan], None]] = None) -> RunSummary:
     """Reprocess the published error records of the given kinds into the same output.
 
     Each (row, task) in error is computed again with the spec as given (for example a larger
@@ -50,16 +51,17 @@ def retry_errors(spec: JobSpec, kinds: tuple[str, ...] = RETRYABLE_KINDS, intera
     decide whether a text fits (engine.max_model_len, engine.context_policy and the tasks'
     own context_policy): otherwise the
     retried rows would come from another model or prompt than their neighbours. `force`
-    overrides that check.
+    overrides that check. `on_plan` is called once the retry run is known and about to
+    compute (the CLI moves its log file into the run's folder then).
     """
     t_start = time.time()
     base = make_plan(spec)
     store = base.store
     with WriterLease(store, owner="retry-errors", command="retry-errors", ttl_s=spec.output.lease_ttl_s, wait=wait) as lease:
-        return _retry_locked(spec, base, kinds, interactive, t_start, lease, force)
+        return _retry_locked(spec, base, kinds, interactive, t_start, lease, force, on_plan)
 
 
-def _retry_locked(spec, base, kinds, interactive, t_start, lease, force) -> RunSummary:
+def _retry_locked(spec, base, kinds, interactive, t_start, lease, force, on_plan=None) -> RunSummary:
     store = base.store
     manifest = read_manifest(store)
     if manifest is None:
@@ -153,11 +155,13 @@ def _retry_locked(spec, base, kinds, interactive, t_start, lease, force) -> RunS
             rewrites[rel] = new_rel
         else:
             rewrites[rel] = None
+    if on_plan is not None:
+        on_plan(plan)
     ledger_rel = f"_runs/{run_id}.json"
     entry = LedgerEntry(run_id=run_id, config=plan.config_fp, kind="retry-errors", retried_kinds=list(kinds),
                         model=plan.model_path, output=spec.output.path,
                         inputs=[InputFile(uri=s.uri, fingerprint=s.fingerprint, size=s.size) for s in plan.sources],
-                        started_at=time.time(), tasks=sorted(enabled))
+                        started_at=time.time(), tasks=sorted(enabled), input=spec.input.model_dump(mode="json"))
     store.write_json(ledger_rel, entry)
     computed = execute_plan(plan, committer.committed_parts(), interactive, select=sel)
     prepared = committer.prepare(specs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from pipeline.batch.execution import execute_plan, init_ray  # noqa: F401 - init_ray: public
 from pipeline.batch.plan import RunError, RunPlan, make_plan  # noqa: F401 - re-exported
@@ -27,7 +27,16 @@ from pipeline.io.records import InputFile, LedgerEntry
 logger = logging.getLogger(__name__)
 
 
-def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None, wait: bool = False) -> RunSummary:
+def run(
+    spec: JobSpec,
+    force: bool = False,
+    interactive: Optional[bool] = None,
+    wait: bool = False,
+    on_plan: Optional[Callable[[RunPlan], None]] = None,
+) -> RunSummary:
+    """interactive: a progress bar (True) or log lines (False); None: a bar on a terminal.
+    on_plan: called once the run is known and about to compute (the CLI moves its log
+    file into the run's folder then)."""
     t_start = time.time()
     plan = make_plan(spec, force=force)
     store = plan.store
@@ -47,7 +56,7 @@ def run(spec: JobSpec, force: bool = False, interactive: Optional[bool] = None, 
             if raw.get("status") != "published":
                 _mark_published(plan, done)
             return done.model_copy(update={"status": "up-to-date", "rows_computed": 0, "wall_seconds": round(time.time() - t_start, 3)})
-        summary = _run_locked(plan, lease, interactive, t_start)
+        summary = _run_locked(plan, lease, interactive, t_start, on_plan)
         housekeeping(plan, lease)
     return summary
 
@@ -68,7 +77,10 @@ def _published(plan: RunPlan) -> Optional[RunSummary]:
                                       "output": plan.spec.output.path})
 
 
-def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], t_start: float) -> RunSummary:
+def _run_locked(
+    plan: RunPlan, lease: WriterLease, interactive: Optional[bool], t_start: float,
+    on_plan: Optional[Callable[[RunPlan], None]] = None,
+) -> RunSummary:
     spec, store, committer = plan.spec, plan.store, plan.committer
     fault_point("run-locked")
     raw = store.read_json(plan.ledger_rel)
@@ -87,6 +99,8 @@ def _run_locked(plan: RunPlan, lease: WriterLease, interactive: Optional[bool], 
     parts = committer.committed_parts()
     if parts:
         logger.info("resuming run %s: %d parts (%d rows) already committed", plan.run_id, len(parts), sum(p.rows for p in parts))
+    if on_plan is not None:
+        on_plan(plan)
     entry = _ledger(plan, entry.started_at if entry else t_start)
     store.write_json(plan.ledger_rel, entry)
 
@@ -154,6 +168,7 @@ def _ledger(plan: RunPlan, started_at: float) -> LedgerEntry:
         run_id=plan.run_id, config=plan.config_fp, status="running", model=plan.model_path,
         output=spec.output.path, inputs=[InputFile(uri=s.uri, fingerprint=s.fingerprint, size=s.size) for s in plan.sources],
         started_at=started_at, tasks=list(spec.tasks.enabled()),
+        input=spec.input.model_dump(mode="json"),  # how to read the inputs again (`pipeline show`)
     )
 
 

@@ -98,6 +98,7 @@ class RunSummary(BaseModel):
     flop_utilization: Optional[FlopUtilization] = None
     engines: list[EngineFacts] = Field(default_factory=list, description="What each engine ran on (first start of each actor).")
     prefix_cache_hit_rate: Optional[float] = None
+    read_seconds: Optional[float] = Field(None, description="The read stage, first unit to last file (overlaps inference).")
     # What exactly-once costs: part writes and commit records (in the actors, summed) and the publish.
     commit_seconds: Optional[float] = None
     publish_seconds: Optional[float] = Field(None, description="Coverage proof, duplicate-id check, moves and merges, the manifest switch.")
@@ -188,8 +189,9 @@ def throughput(computed: dict[str, Any], t_start: float, model_path: Optional[st
                 util = flop_utilization(model_path, computed, steady, live, tasks)
                 if util is not None:
                     out["flop_utilization"] = util
-    if "prefix_cache_hit_rate" in computed:
-        out["prefix_cache_hit_rate"] = computed["prefix_cache_hit_rate"]
+    for k in ("prefix_cache_hit_rate", "read_seconds"):
+        if k in computed:
+            out[k] = computed[k]
     out["commit_seconds"] = round(computed.get("commit_seconds", 0.0), 3)
     for k in ("prepare_seconds", "generate_seconds", "batch_seconds"):
         out[f"actor_{k}"] = round(computed.get(k, 0.0), 3)

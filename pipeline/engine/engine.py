@@ -184,6 +184,7 @@ class Engine:
         self.device: Optional[str] = None
         self.dtype: Optional[str] = None
         self.load_seconds: Optional[float] = None
+        self.max_model_len: Optional[int] = None  # cfg.max_model_len, or the model's limit (limits.py)
         # Liveness: requests in flight, and when one last finished (or the first was sent).
         self.in_flight = 0
         self.peak_in_flight = 0  # most requests in flight at once (at most engine.max_requests_in_flight)
@@ -200,11 +201,13 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------
     def engine_kwargs(self, device: str) -> dict[str, Any]:
+        from pipeline.engine.limits import resolve_max_model_len
+
         c = self.cfg
         kw: dict[str, Any] = dict(
             model=self.model_path,
             dtype=resolve_dtype(c, device),
-            max_model_len=c.max_model_len,
+            max_model_len=resolve_max_model_len(c, self.model_path, device),
             max_num_seqs=c.max_num_seqs,
             enable_prefix_caching=c.enable_prefix_caching,
             seed=c.seed,
@@ -235,6 +238,7 @@ class Engine:
         self.device = resolve_device(self.cfg)
         kw = self.engine_kwargs(self.device)
         self.dtype = kw["dtype"]
+        self.max_model_len = kw["max_model_len"]
         if self.device == "cpu":
             self._bind_cpus()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -254,7 +258,7 @@ class Engine:
             self._llm = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
         except Exception as e:  # noqa: BLE001 - re-raised with what to do
             self._stop_loop()
-            raise EngineError(f"vLLM engine failed to start for {self.model_path}: {e}") from e
+            raise EngineError(f"vLLM engine failed to start for {self.model_path}: {_with_core_cause(str(e))}") from e
         self.load_seconds = time.perf_counter() - t0
         logger.info("engine ready in %.1fs", self.load_seconds)
         return self
@@ -585,6 +589,32 @@ class RequestSlots:
                 fut.set_result(None)
                 return
         self.free += 1
+
+
+def _with_core_cause(message: str) -> str:
+    """vLLM's client says only "Engine core initialization failed. See root cause above":
+    the cause is what its engine-core process printed to our stderr. When that stderr is a
+    file (a Ray worker's log), its last exception line joins the message, so the person
+    reading the error reads the cause."""
+    if "See root cause above" not in message:
+        return message
+    try:
+        path = os.readlink("/proc/self/fd/2")
+        if not os.path.isfile(path):
+            return message
+        with open(path, "rb") as f:
+            f.seek(max(os.path.getsize(path) - 64_000, 0))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return message
+    from pipeline.logs import EXC_LINE
+
+    for line in reversed(tail):
+        m = EXC_LINE.search(line.strip())
+        if m and "See root cause" not in line and "See stack trace" not in line:
+            head = message.split(". See root cause above", 1)[0]
+            return f"{head}: {m['exc'].rsplit('.', 1)[-1]}: {m['msg'].strip()}"
+    return message
 
 
 async def _shutdown_on_loop(llm: Any) -> None:

@@ -143,3 +143,6 @@ class LedgerEntry(Record):
     finished_at: Optional[float] = None
     error: Optional[str] = None
     summary: dict[str, Any] = Field(default_factory=dict)
+    input: Optional[dict[str, Any]] = Field(
+        None, description="The reader options (InputConfig as JSON): how to read the inputs again (`pipeline show`)."
+    )

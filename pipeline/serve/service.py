@@ -32,6 +32,10 @@ ENGINE_POLL_S = 0.5
 
 class Service:
     def __init__(self, cfg: ServeConfig, engine: Any, model_name: str, api_key_digests: tuple[bytes, ...] = ()):
+        if cfg.engine.max_model_len is None and getattr(engine, "max_model_len", None):
+            # Unset: the engine took the model's own limit (engine/limits.py); the routes,
+            # the model card and the length checks read it from here.
+            cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"max_model_len": engine.max_model_len})})
         self.cfg = cfg
         self.engine = engine
         self.model_name = model_name

@@ -74,9 +74,10 @@ class ExecContext:
     retries: int = 1  # a failed request is sent again this many times
 
     @classmethod
-    def for_engine(cls, tokenizer: Any, cfg: Any) -> "ExecContext":
-        """From an `EngineConfig` (batch actor and Serve replica alike)."""
-        return cls(tokenizer, cfg.max_model_len, cfg.context_policy, cfg.request_retries)
+    def for_engine(cls, tokenizer: Any, cfg: Any, max_model_len: Optional[int] = None) -> "ExecContext":
+        """From an `EngineConfig` (batch actor and Serve replica alike); `max_model_len` is the
+        started engine's own (`Engine.max_model_len`), needed when the config leaves it unset."""
+        return cls(tokenizer, max_model_len or cfg.max_model_len, cfg.context_policy, cfg.request_retries)
 
 
 @dataclass(frozen=True)
