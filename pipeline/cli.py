@@ -23,6 +23,7 @@ Heavy imports (ray, vllm, torch) happen inside the commands, so --help is instan
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -68,6 +69,17 @@ def _comma_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _put(over: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path ("engine.dtype") in a nested override dict; None (a flag not given) sets nothing."""
+    if value is None:
+        return
+    node = over
+    *head, last = path.split(".")
+    for k in head:
+        node = node.setdefault(k, {})
+    node[last] = value
+
+
 def _spec_from_args(args: argparse.Namespace):
     from pydantic import ValidationError
 
@@ -75,15 +87,7 @@ def _spec_from_args(args: argparse.Namespace):
     from pipeline.errors import UsageError
 
     over: dict[str, Any] = {}
-
-    def put(path: str, value: Any) -> None:
-        if value is None:
-            return
-        node = over
-        *head, last = path.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = value
+    put = functools.partial(_put, over)
 
     put("input.paths", args.input)
     put("input.format", args.format)
@@ -401,15 +405,7 @@ def _serve_config_from_args(args: argparse.Namespace):
     from pipeline.errors import UsageError
 
     over: dict[str, Any] = {}
-
-    def put(path: str, value: Any) -> None:
-        if value is None:
-            return
-        node = over
-        *head, last = path.split(".")
-        for k in head:
-            node = node.setdefault(k, {})
-        node[last] = value
+    put = functools.partial(_put, over)
 
     for path, value in [
         ("model.path", args.model),
