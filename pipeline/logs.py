@@ -146,6 +146,17 @@ def verbose() -> bool:
     return bool(_state and _state.verbose)
 
 
+def quiet_children() -> bool:
+    """Before ray.init: the environment Ray's workers (actors, Serve replicas) inherit. vLLM's
+    start-up warnings (Triton, tcmalloc hints) and Python's FutureWarnings would drown our
+    lines; `pipeline -v` keeps vLLM's INFO. Returns whether -v was given."""
+    loud = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if loud else "ERROR")
+    if not loud:
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    return loud
+
+
 def setup(verbose: bool = False, capture: bool = True) -> Terminal:
     """Route logs for the `pipeline` command. capture: send file descriptor 2 and library logs
     to a log file (first a temporary one; `open_run_log` moves it into the run's folder)."""

@@ -155,12 +155,9 @@ def init_ray(spec: JobSpec) -> None:
 
     if ray.is_initialized():
         return
-    # Actors inherit these. vLLM's start-up warnings (Triton, tcmalloc hints) and Python's
-    # FutureWarnings would drown the progress lines; `pipeline -v` shows vLLM's INFO.
-    verbose = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
-    if not verbose:
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    from pipeline import logs
+
+    logs.quiet_children()
     r = spec.resources
     kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if r.ray_address:
@@ -173,8 +170,6 @@ def init_ray(spec: JobSpec) -> None:
             # Export every 2 s (Ray's default: 10 s), so that a scrape sees a short run going.
             kw["_system_config"] = {"metrics_report_interval_ms": 2000}
     ray.init(**kw)
-    from pipeline import logs
-
     logs.route_worker_output()  # the CLI's quiet terminal: worker output to the run's log file
     port = getattr(getattr(ray._private.worker.global_worker, "node", None), "metrics_export_port", None)
     if r.metrics_export_port is not None and port:

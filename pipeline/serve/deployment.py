@@ -115,12 +115,9 @@ def init_ray(cfg: ServeConfig) -> None:
 
     if ray.is_initialized():
         return
-    # Replicas inherit these: vLLM's start-up warnings would drown the log (`pipeline -v`
-    # shows vLLM's INFO).
-    verbose = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
-    if not verbose:
-        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    from pipeline.logs import quiet_children
+
+    verbose = quiet_children()
     r = cfg.resources
     kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": verbose}
     if r.ray_address:
