@@ -80,6 +80,23 @@ def _put(over: dict[str, Any], path: str, value: Any) -> None:
     node[last] = value
 
 
+def _task_overrides(args: argparse.Namespace) -> tuple[Optional[list[str]], dict[str, dict[str, Any]]]:
+    """--tasks (None when not given) and the task flags given, as {task: {field: value}}.
+    A flag of a task that --tasks leaves out is a usage error."""
+    from pipeline.errors import UsageError
+
+    names = _comma_list(args.tasks) if args.tasks else None
+    tasks: dict[str, dict[str, Any]] = {n: {} for n in names or []}
+    for tname, fname, flag, _ in _task_flags():
+        value = getattr(args, fname)
+        if value is None:
+            continue
+        if names is not None and tname not in names:
+            raise UsageError(f"{flag} is a setting of the {tname} task, which --tasks does not list")
+        tasks.setdefault(tname, {})[fname] = value
+    return names, tasks
+
+
 def _spec_from_args(args: argparse.Namespace):
     from pydantic import ValidationError
 
@@ -109,18 +126,8 @@ def _spec_from_args(args: argparse.Namespace):
         over["incremental"] = True
     # --tasks replaces the spec's task list; a task flag sets a field of its task (and, without
     # --tasks, enables that task: `--target-lang fr` alone adds translation).
-    names = _comma_list(args.tasks) if args.tasks else None
-    tasks: dict[str, dict[str, Any]] = {n: {} for n in names or []}
-    for tname, fname, flag, _ in _task_flags():
-        value = getattr(args, fname)
-        if value is None:
-            continue
-        if names is not None and tname not in names:
-            raise UsageError(f"{flag} is a setting of the {tname} task, which --tasks does not list")
-        tasks.setdefault(tname, {})[fname] = value
-    if names is not None:
-        over["tasks"] = tasks
-    elif tasks:
+    names, tasks = _task_overrides(args)
+    if names is not None or tasks:
         over["tasks"] = tasks
     try:
         if args.spec:
@@ -441,15 +448,7 @@ def _serve_config_from_args(args: argparse.Namespace):
         put("resources.autoscaling.max_replicas", args.max_replicas)
     # --tasks picks the task routes; a task flag sets that route's default (and, without
     # --tasks, leaves every route on).
-    names = _comma_list(args.tasks) if args.tasks else None
-    defaults: dict[str, dict[str, Any]] = {n: {} for n in names or []}
-    for tname, fname, flag, _ in _task_flags():
-        value = getattr(args, fname)
-        if value is None:
-            continue
-        if names is not None and tname not in names:
-            raise UsageError(f"{flag} is a setting of the {tname} task, which --tasks does not list")
-        defaults.setdefault(tname, {})[fname] = value
+    names, defaults = _task_overrides(args)
     if names is not None:
         over["tasks"] = defaults
     elif defaults:
