@@ -291,8 +291,9 @@ class Engine:
             os.sched_setaffinity(0, slot.cpus)
         self.slot, self.cpu_bind = slot, bind
         explicit = bind not in ("auto", "nobind")
+        left = ",".join(map(str, slot.reserved)) if slot.reserved else "none"
         logger.info("CPU engine: compute threads on cores %s%s", bind,
-                    f" ({len(parse_cpu_list(bind))} threads), cores {list(slot.reserved)} left to the processes around it"
+                    f" ({len(parse_cpu_list(bind))} threads); cores kept for the processes around it: {left}"
                     if explicit else "")
 
     def describe(self) -> dict[str, Any]:

@@ -209,13 +209,18 @@ async def calibration_for(task: "Sentiment", engine: "EngineLike", ctx: "ExecCon
     if model_path is not None:
         cal = _read_cached(key)
         if cal is not None:
-            logger.info("sentiment calibration %s from the cache: p_cf %s", key, dict(zip(cal.labels, cal.content_free)))
+            logger.info("sentiment calibration %s from the cache: content-free %s", key, _shares(cal))
             return cal
     cal = await measure(task, engine, ctx, label_ids, key)
     if cal is None:
         logger.warning("the engine returned no label log-probabilities: sentiment is not calibrated")
         return None
-    logger.info("sentiment calibration %s measured: p_cf %s", key, dict(zip(cal.labels, cal.content_free)))
+    logger.info("sentiment calibration %s measured: content-free %s", key, _shares(cal))
     if model_path is not None:
         _write_cached(cal)
     return cal
+
+
+def _shares(cal: Any) -> str:
+    """The content-free probabilities for a log line: "positive 0.50, negative 0.44"."""
+    return ", ".join(f"{label} {p:.2f}" for label, p in zip(cal.labels, cal.content_free))
