@@ -138,6 +138,11 @@ def start(cfg: ServeConfig) -> str:
 
     model_path = str(resolve_model(cfg.model.path))
     load_keys(cfg.auth)  # a missing key file fails here, before anything starts
+    if not logging.getLogger("pipeline").isEnabledFor(logging.DEBUG):
+        # Ray's and Serve's own start-up lines (token auth, "Started Serve", "Connecting to
+        # existing Serve app") would bury the one line a person needs; `pipeline -v` keeps them.
+        for name in ("ray", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     init_ray(cfg)
     serve.start(
         http_options={
