@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+import time
 from typing import Any, Callable, Optional
 
 from pipeline.config import ServeConfig
@@ -175,17 +175,21 @@ def stop(cfg: ServeConfig) -> None:
 
 def run(cfg: ServeConfig, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serve until SIGINT or SIGTERM, then drain and stop."""
-    stopping = threading.Event()
+    # A plain flag, not a threading.Event: a handler runs on the main thread between
+    # bytecodes, and an Event.set() there, interrupting the main thread's own Event.wait()
+    # (or a first handler's set()), takes the Event's lock again and deadlocked on a
+    # second signal (SIGTERM sent twice, Ctrl-C pressed twice).
+    stopping: list[int] = []
     previous: dict[int, Any] = {}
     try:
         url = start(cfg)
         # After start: ray.init installs its own SIGTERM handler (exit at once), which would
         # skip the drain.
-        previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, lambda signum, _frame: stopping.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
         if on_ready is not None:
             on_ready(url)
-        while not stopping.wait(1.0):
-            pass
+        while not stopping:
+            time.sleep(0.2)
         logger.info("stopping: draining in-flight requests (up to %ss)", cfg.health.drain_timeout_s)
     finally:
         for s, h in previous.items():
