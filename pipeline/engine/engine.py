@@ -618,8 +618,15 @@ def _with_core_cause(message: str) -> str:
     return message
 
 
+# vLLM waits 5 s by default for its engine-core process to exit, and on the CPU the core
+# spends most of them waiting on its worker process after every request is done: at the end
+# of each run (and each actor) that was 5 s of idle wall time. Past this grace vLLM kills the
+# core and its worker itself; nothing is in flight by then (committed or aborted).
+ENGINE_EXIT_GRACE_S = 1.0
+
+
 async def _shutdown_on_loop(llm: Any) -> None:
-    llm.shutdown()
+    llm.shutdown(timeout=ENGINE_EXIT_GRACE_S)
     me = asyncio.current_task()
     pending = [t for t in asyncio.all_tasks() if t is not me]
     for t in pending:
