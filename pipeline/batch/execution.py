@@ -358,6 +358,8 @@ def _engine_summary(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if report.get("read_seconds") is not None:
         out["read_seconds"] = round(report["read_seconds"], 3)
+    if report.get("last_commit_at") is not None:
+        out["last_commit_at"] = report["last_commit_at"]
     engines = list(report.get("engines", {}).values())
     if engines:
         out["engines_started"] = len(engines)

@@ -149,6 +149,7 @@ class ProgressCounter:
         self.gauges: dict[str, dict[str, float]] = {}  # engine instance -> in flight, waiting, kv use
         self.first_read_at: Optional[float] = None
         self.last_file_read_at: Optional[float] = None
+        self.last_commit_at: Optional[float] = None  # the end of the steady window (engines stop after it)
         self._rates: collections.deque = collections.deque()  # (t, done, output tokens), last 30 s
         self.m: Optional[RunMetrics] = None
         if export_metrics:
@@ -281,13 +282,16 @@ class ProgressCounter:
         read = None
         if self.first_read_at and self.last_file_read_at and self.snap.files_read >= self.snap.files:
             read = self.last_file_read_at - self.first_read_at
-        return {"engines": dict(self.engines), "metrics": dict(self.metrics), "read_seconds": read}
+        return {"engines": dict(self.engines), "metrics": dict(self.metrics), "read_seconds": read,
+                "last_commit_at": self.last_commit_at}
 
     # -- commits ----------------------------------------------------------------------
     def record(self, delta: dict[str, int]) -> None:
         for k, v in delta.items():
             self.totals[k] += int(v)
         self.snap.rows_committed = self.totals["rows"]
+        if delta.get("rows"):
+            self.last_commit_at = time.time()
         if self.m and delta.get("rows"):
             self.m.rows_committed.inc(delta["rows"], tags=self.m.tags)
 

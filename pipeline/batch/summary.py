@@ -89,7 +89,9 @@ class RunSummary(BaseModel):
     startup_seconds: Optional[float] = None
     engine_load_seconds: Optional[float] = None
     startup_breakdown: Optional[StartupBreakdown] = None
-    steady_seconds: Optional[float] = None
+    steady_seconds: Optional[float] = Field(
+        None, description="From the first engine ready to the last part committed: the window of the *_after_startup rates."
+    )
     rows_per_second_after_startup: Optional[float] = None
     output_tokens_per_second_after_startup: Optional[float] = None
     tokens_per_second_after_startup: Optional[float] = Field(
@@ -168,8 +170,10 @@ def throughput(computed: dict[str, Any], t_start: float, model_path: Optional[st
         out["pipeline_seconds"] = round(inference_s, 3)
     if "first_engine_ready_at" in computed:
         # Throughput once the first engine was up: what the run costs per token at scale,
-        # apart from a fixed start-up (cluster, actors, model load).
-        steady = time.time() - computed["first_engine_ready_at"]
+        # apart from a fixed start-up (cluster, actors, model load) and the wind-down after
+        # the last commit (engines stopping, Ray's actor pool ending).
+        end = computed.get("last_commit_at") or time.time()
+        steady = end - computed["first_engine_ready_at"]
         out["startup_seconds"] = round(computed["first_engine_ready_at"] - t_start, 3)
         out["engine_load_seconds"] = computed["engine_load_seconds"]
         out["startup_breakdown"] = StartupBreakdown(

@@ -180,14 +180,14 @@ def wall_time(s: RunSummary) -> list[TimeSlice]:
             TimeSlice("engine start-up", b.actor_to_engine_ready, "imports and model load"),
         ]
     if s.steady_seconds is not None:
-        out.append(TimeSlice("processing", max(s.steady_seconds - (s.publish_seconds or 0.0), 0.0),
-                             "reading, inference and part commits, once an engine was up"))
+        out.append(TimeSlice("processing", s.steady_seconds,
+                             "reading, inference and part commits, from the first engine up to the last commit"))
     if s.publish_seconds is not None:
         out.append(TimeSlice("publish", s.publish_seconds, "coverage check and manifest switch"))
     if s.wall_seconds is not None:
         rest = s.wall_seconds - sum(x.seconds for x in out)
         if rest > 0.05:
-            out.append(TimeSlice("other", rest, "summary, ledger, shutdown"))
+            out.append(TimeSlice("other", rest, "engines stopping, coverage check, summary, ledger, shutdown"))
     return out
 
 
