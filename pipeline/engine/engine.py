@@ -433,7 +433,8 @@ class Engine:
         """Send every request now; the future gives, in input order, a Generation or the
         exception of that one request. Raises EngineDeadError (through the future) if the
         engine died."""
-        return asyncio.run_coroutine_threadsafe(self._generate_all(list(prompts), list(params)), self._loop_or_fail())
+        loop = self._loop_or_fail()  # first: a coroutine made for a loop that isn't there is never awaited
+        return asyncio.run_coroutine_threadsafe(self._generate_all(list(prompts), list(params)), loop)
 
     def generate(self, prompts: Sequence[list[int]], params: Sequence[Any]) -> list[Any]:
         """`submit(...)` and wait."""
