@@ -300,7 +300,12 @@ def _on_worker_lines(data: dict[str, Any]) -> None:
     who = data.get("actor_name") or data.get("task_name") or ""
     pid = data.get("pid", "")
     level = logging.WARNING if data.get("is_err") else logging.INFO
+    quiet_autoscaler = pid == "autoscaler" and level == logging.INFO
     for line in data.get("lines", []):
+        if quiet_autoscaler and not any(w in line for w in ("WARNING", "ERROR")):
+            # Its status table, every 5 s for the whole run (~25 lines each): Ray keeps it in
+            # the session's monitor log; ours holds what it says at WARNING and above.
+            continue
         m = _WORKER_LINE.match(line)
         if m:
             rec = logging.LogRecord(m["name"], logging.getLevelName(m["level"]), "", 0, m["msg"], None, None)

@@ -108,3 +108,14 @@ def test_terminal_handler_prints_ours_above_everything_else():
             h.emit(r)
     text = out.getvalue()
     assert "warning: raise kv_cache_gib" in text and "noise" not in text
+
+
+def test_the_autoscalers_status_table_stays_out_of_the_run_log_but_its_warnings_do_not(state, caplog):
+    caplog.set_level(logging.DEBUG)
+    logs._on_worker_lines({"pid": "autoscaler", "is_err": False, "lines": [
+        "======== Autoscaler status: 2026-11-23 00:50:31.159029 ========",
+        " 1.25/2.0 CPU",
+        "2026-11-23 00:50:31,159\tWARNING autoscaler.py:1 -- node type cpu is not schedulable",
+    ]})
+    got = [r.getMessage() for r in caplog.records if r.name == "workers"]
+    assert len(got) == 1 and "not schedulable" in got[0]
