@@ -318,7 +318,8 @@ def _fmt_duration(seconds: float) -> str:
 @dataclasses.dataclass
 class Rates:
     """Throughput over the last 30 s, measured from the first finished requests on (start-up
-    never dilutes it), and the ETA it gives: requests left at that pace."""
+    never dilutes it), and an ETA: requests left at the pace since the first finished ones
+    (requests finish in bursts, a batch at a time: the 30 s pace made the ETA jump)."""
 
     requests_per_s: Optional[float] = None
     tokens_per_s: Optional[float] = None
@@ -345,6 +346,7 @@ class ProgressReporter:
         self._t0 = time.time()
         self._history: collections.deque = collections.deque()  # (t, done, output tokens)
         self._base: Optional[tuple[float, int, int]] = None
+        self._first: Optional[tuple[float, int, int]] = None  # the first sample seen (a resumed run starts past 0)
         self._timeline: list[str] = self._load_timeline()
         self._attempt = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._last_sample = 0.0
@@ -377,6 +379,8 @@ class ProgressReporter:
         if s.done == 0:
             self._base = (now, 0, 0)  # the last moment nothing had finished yet
         self._history.append((now, s.done, s.output_tokens))
+        if self._first is None:
+            self._first = (now, s.done, s.output_tokens)
         while len(self._history) > 2 and now - self._history[0][0] > self.window:
             self._history.popleft()
         if not s.done:
@@ -390,8 +394,9 @@ class ProgressReporter:
             return Rates()
         r = Rates(requests_per_s=(s.done - d0) / dt, tokens_per_s=(s.output_tokens - o0) / dt)
         planned = s.planned
-        if planned is not None and r.requests_per_s:
-            r.eta_s = max(planned - s.done, 0) / r.requests_per_s
+        t1, d1, _ = self._base or self._first
+        if planned is not None and s.done > d1 and now - t1 >= 1.0:
+            r.eta_s = max(planned - s.done, 0) / ((s.done - d1) / (now - t1))
         return r
 
     @staticmethod

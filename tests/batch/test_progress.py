@@ -64,6 +64,25 @@ def test_rates_and_eta_start_at_the_first_finished_requests():
     assert "ETA 1m30s" in rep.line(at(210.0, 100, 5000), r)
 
 
+def test_eta_holds_steady_when_requests_finish_a_batch_at_a_time():
+    rep = ProgressReporter(counter=None, interactive=False)
+    base = counter(files=1).snapshot()
+    base.files_read, base.requests_read = 1, 1000
+    rep.rates(dataclasses.replace(base, t=0.0))
+    eta_err, window_err = [], []
+    for t in range(1, 200):  # 100 requests finish together every 20 s: 5 per second on average
+        done = 100 * (t // 20)
+        r = rep.rates(dataclasses.replace(base, t=float(t), ok={"sentiment": done}))
+        truth = (1000 - done) / 5.0
+        if t >= 100 and truth:
+            eta_err.append(abs(r.eta_s - truth) / truth)
+            window_err.append(abs((1000 - done) / r.requests_per_s - truth) / truth)
+    # the 30 s pace holds one burst or two (an ETA off by half); the pace since the first
+    # finished requests is off by less than the last burst's share of the work done
+    assert max(window_err) >= 0.45
+    assert max(eta_err) < 0.25
+
+
 def test_engines_are_asked_to_stop_once_every_row_is_committed(monkeypatch):
     c = counter(files=1)
     c.engine_ready("e1", 1.0, 0.0, 0.0)
