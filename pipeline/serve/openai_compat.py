@@ -1,11 +1,15 @@
 """OpenAI-compatible `POST /v1/chat/completions` and `POST /v1/completions`, streaming (SSE)
 included, on the replica's engine: the official `openai` client works unchanged.
 
+The HTTP schema (pipeline/serve/schemas.py) is the first gate: it states this server's
+limits in the OpenAPI document and refuses what is not served with a 422 naming the field
+(n > 1, tools, logprobs, response formats, unknown fields). What it admits goes through the
+same parser as the batch path's request lines (pipeline/tasks/openai_request.py: vLLM's own
+request models and `to_sampling_params`), so a body means the same online and in a batch.
 Chat messages are rendered through the model's chat template by the same helper as the
 tasks' prompts (`pipeline.tasks.prompting.render_chat`). The same limits, admission,
 deadline and abort-on-disconnect apply as on the task routes. Served: one choice per
-prompt (`n=1`), sampling (temperature, top_p, seed, stop, penalties), usage counts; not
-served: tools, logprobs, response formats (a request using them gets a 422 naming the field).
+prompt (`n=1`), sampling (temperature, top_p, seed, stop, penalties), usage counts.
 """
 
 import asyncio
@@ -21,8 +25,10 @@ from fastapi.responses import StreamingResponse
 from pipeline.errors import ErrorKind
 from pipeline.serve.limits import ApiError, check_max_tokens
 from pipeline.serve.routes import ERROR_RESPONSES, TIMEOUT_HEADER
-from pipeline.serve.schemas import ChatCompletion, ChatCompletionRequest, Completion, _OpenAIBody, openai_request_models
+from pipeline.serve.schemas import ChatCompletion, Completion, _OpenAIBody, openai_request_models
 from pipeline.serve.service import ENGINE_POLL_S, Service
+from pipeline.tasks.base import TaskInputError
+from pipeline.tasks.openai_request import CHAT_URL, COMPLETIONS_URL, OpenAIRequest, completion_prompt_ids, parse_request
 from pipeline.tasks.prompting import encode_prompt, render_chat
 
 logger = logging.getLogger(__name__)
@@ -30,17 +36,23 @@ logger = logging.getLogger(__name__)
 _STREAM_DOC = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "With stream=true: server-sent events, then 'data: [DONE]'."}}
 
 
-def _check_model(service: Service, model: str) -> None:
+def _parse(url: str, body: _OpenAIBody) -> OpenAIRequest:
+    """The body the HTTP schema admitted, as the batch path reads a request line."""
+    try:
+        return parse_request(url, body.model_dump(exclude_unset=True), streaming=True)
+    except TaskInputError as e:
+        raise ApiError(422, e.kind, str(e)) from None
+
+
+def _check_model(service: Service, model: Optional[str]) -> None:
     if model != service.model_name:
         raise ApiError(404, ErrorKind.NOT_FOUND, f"model {model!r} is not served here; GET /v1/models lists {service.model_name!r}", param="model")
 
 
-def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: Optional[int]):
+def _sampling(service: Service, req: OpenAIRequest, prompt_len: int):
     """vLLM SamplingParams for one request, within the server's cap and the context."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
     limits, max_len = service.cfg.limits, service.cfg.engine.max_model_len
+    requested = req.max_tokens
     check_max_tokens(requested, limits.max_tokens)
     room = max_len - prompt_len
     if room < 1 or (requested is not None and requested > room):
@@ -49,60 +61,37 @@ def _sampling(service: Service, body: _OpenAIBody, prompt_len: int, requested: O
             ErrorKind.TOO_LONG,
             f"this model's context is {max_len} tokens; the prompt has {prompt_len}"
             + (f" and {requested} more were asked for" if requested is not None else ", leaving no room for an answer"),
-            param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+            param="messages" if req.url == CHAT_URL else "prompt",
         )
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    kw: dict[str, Any] = dict(
-        n=1,
-        max_tokens=requested if requested is not None else min(limits.max_tokens, room),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        stop=stop or None,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        ignore_eos=bool(body.ignore_eos),
-        min_tokens=body.min_tokens or 0,
-        # The whole answer at the end (the engine streams with a DELTA copy of its own).
-        output_kind=RequestOutputKind.FINAL_ONLY,
-    )
-    if service.cfg.http.stream_tokens > 1:
-        kw["stream_interval"] = service.cfg.http.stream_tokens
-    from vllm.exceptions import VLLMClientError
-
+    stream_tokens = service.cfg.http.stream_tokens
     try:
-        return SamplingParams(**kw)
-    except (ValueError, VLLMClientError) as e:  # vLLM's own checks (min_tokens above max_tokens, ...)
-        raise ApiError(422, ErrorKind.INVALID_REQUEST, f"sampling parameters: {e}") from None
-
-
-def _encode(service: Service, text: str, param: str) -> list[int]:
-    if len(text) > service.cfg.limits.max_chars:
-        raise ApiError(
-            422, ErrorKind.INVALID_REQUEST, f"{param} has {len(text)} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param=param
+        return req.sampling_params(
+            requested if requested is not None else min(limits.max_tokens, room),
+            stream_interval=stream_tokens if stream_tokens > 1 else None,
         )
-    # A raw prompt gets the tokenizer's special tokens (BOS), as vLLM's own server does;
-    # a chat prompt has them from its template.
-    ids = service.engine.tokenizer.encode(text)
+    except TaskInputError as e:  # vLLM's own checks (min_tokens above max_tokens, ...)
+        raise ApiError(422, e.kind, f"sampling parameters: {e}") from None
+
+
+def _encode(service: Service, req: OpenAIRequest, prompt: str, param: str) -> list[int]:
+    if len(prompt) > service.cfg.limits.max_chars:
+        raise ApiError(
+            422, ErrorKind.INVALID_REQUEST, f"{param} has {len(prompt)} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param=param
+        )
+    ids = completion_prompt_ids(prompt, req.add_special_tokens, service.engine.tokenizer)
     if not ids:
         raise ApiError(400, ErrorKind.INVALID_REQUEST, f"{param} is empty: nothing to complete", param=param)
     return ids
 
 
-def _chat_prompt(service: Service, body: ChatCompletionRequest) -> list[int]:
-    messages = []
-    total = 0
-    for i, m in enumerate(body.messages):
-        content = m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)
-        total += len(content)
-        # 'developer' is the newer name of 'system'; chat templates know the latter.
-        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+def _chat_prompt(service: Service, req: OpenAIRequest) -> list[int]:
+    total = sum(len(m["content"]) for m in req.messages)
     if total > service.cfg.limits.max_chars:
         raise ApiError(
             422, ErrorKind.INVALID_REQUEST, f"the messages have {total} characters; at most {service.cfg.limits.max_chars} (limits.max_chars)", param="messages"
         )
     try:
-        prompt = render_chat(messages, service.engine.tokenizer)
+        prompt = render_chat(req.messages, service.engine.tokenizer)
     except Exception as e:  # noqa: BLE001 - a chat template that refuses these messages (roles, order)
         raise ApiError(400, ErrorKind.INVALID_REQUEST, f"the model's chat template refused the messages: {e}", param="messages") from None
     return encode_prompt(prompt, service.engine.tokenizer)
@@ -288,13 +277,12 @@ def openai_router(service: Service) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=responses)
     async def chat_completions(body: ChatRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
         t0 = time.perf_counter()
-        _check_model(service, body.model)
-        ids = _chat_prompt(service, body)
-        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        params = _sampling(service, body, len(ids), requested)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        if body.stream:
-            return await _open_stream(service, ids, params, _Frames("chat", service.model_name, include_usage), timeout, t0)
+        req = _parse(CHAT_URL, body)
+        _check_model(service, req.model)
+        ids = _chat_prompt(service, req)
+        params = _sampling(service, req, len(ids))
+        if req.stream:
+            return await _open_stream(service, ids, params, _Frames("chat", service.model_name, req.include_usage), timeout, t0)
         t_prep = time.perf_counter()
         gen = await service.run(1, service.engine.agenerate(ids, params), timeout)
         response.headers.update(server_timing(prep=t_prep - t0, generate=time.perf_counter() - t_prep))
@@ -311,18 +299,18 @@ def openai_router(service: Service) -> APIRouter:
     @router.post("/v1/completions", response_model=Completion, responses=responses)
     async def completions(body: CompletionsRequest, response: Response, timeout: Optional[float] = TIMEOUT_HEADER):
         t0 = time.perf_counter()
-        _check_model(service, body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        req = _parse(COMPLETIONS_URL, body)
+        _check_model(service, req.model)
+        prompts = req.prompts
         limits = service.cfg.limits
         if not prompts or len(prompts) > limits.max_texts:
             raise ApiError(422, ErrorKind.INVALID_REQUEST, f"prompt: give 1 to {limits.max_texts} prompts (limits.max_texts)", param="prompt")
-        if body.stream and len(prompts) > 1:
+        if req.stream and len(prompts) > 1:
             raise ApiError(422, ErrorKind.INVALID_REQUEST, "stream: one prompt per streamed request", param="stream")
-        ids = [_encode(service, p, "prompt" if len(prompts) == 1 else f"prompt.{i}") for i, p in enumerate(prompts)]
-        params = [_sampling(service, body, len(x), body.max_tokens) for x in ids]
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _open_stream(service, ids[0], params[0], _Frames("completion", service.model_name, include_usage), timeout, t0)
+        ids = [_encode(service, req, p, "prompt" if len(prompts) == 1 else f"prompt.{i}") for i, p in enumerate(prompts)]
+        params = [_sampling(service, req, len(x)) for x in ids]
+        if req.stream:
+            return await _open_stream(service, ids[0], params[0], _Frames("completion", service.model_name, req.include_usage), timeout, t0)
 
         async def all_prompts():
             jobs = [asyncio.ensure_future(service.engine.agenerate(x, p)) for x, p in zip(ids, params)]

@@ -29,6 +29,7 @@ class FakeEngine:
         self.finished_requests = 0
         self.cancelled = 0
         self.prompts: list[list[int]] = []
+        self.params: list = []  # each request's SamplingParams, in arrival order
 
     def _answer(self, params) -> tuple[str, int, str]:
         so = getattr(params, "structured_outputs", None)
@@ -40,6 +41,7 @@ class FakeEngine:
     async def agenerate(self, prompt, params, request_id=None) -> Generation:
         self.in_flight += 1
         self.prompts.append(list(prompt))
+        self.params.append(params)
         try:
             await asyncio.sleep(self.delay)
             if self.dead:

@@ -269,6 +269,26 @@ def test_chat_completion_shape_and_prompt_through_the_chat_template(tiny_tokeniz
     assert tiny_tokenizer.decode(service.engine.prompts[0]) == expected
 
 
+def test_a_body_means_the_same_online_and_on_a_batch_line(tiny_tokenizer):
+    """One parser behind both (pipeline/tasks/openai_request.py): the same chat body gives
+    the same prompt tokens and sampling parameters as the batch chat task's request line."""
+    from pipeline.config import TasksConfig
+    from pipeline.tasks import build_tasks
+    from pipeline.tasks.chat import CHAT_URL, request_text
+    from pipeline.tasks.prompting import render_tokens
+
+    service, app = make(tiny_tokenizer)
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]
+    body = {**CHAT, "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}],
+            "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "seed": 7, "stop": ["x"], "presence_penalty": 0.5}
+    assert run(post(app, "/v1/chat/completions", body)).status_code == 200
+    line = build_tasks(TasksConfig(chat={}))[0].for_text(request_text(CHAT_URL, body))
+    assert service.engine.prompts[0] == render_tokens(line, "", tiny_tokenizer, 256, "reject")[0]
+    online, batch = service.engine.params[0], line.sampling_params()
+    for name in ("max_tokens", "temperature", "top_p", "seed", "stop", "presence_penalty", "min_tokens", "ignore_eos"):
+        assert getattr(online, name) == getattr(batch, name), name
+
+
 def test_chat_stream_is_server_sent_events(tiny_tokenizer):
     _, app = make(tiny_tokenizer)
     r = run(post(app, "/v1/chat/completions", {**CHAT, "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}))

@@ -1,5 +1,7 @@
-"""The chat task: OpenAI request bodies into prompts and vLLM sampling parameters, checked by
-vLLM's own request models; what it cannot serve is an error of a clear kind (no engine)."""
+"""The chat task and the OpenAI request parser it shares with the endpoint
+(pipeline/tasks/openai_request.py): request bodies into prompts and vLLM sampling
+parameters, checked by vLLM's own request models; what it cannot serve is an error of a
+clear kind (no engine)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pytest
 from pipeline.config import TasksConfig
 from pipeline.errors import ErrorKind
 from pipeline.tasks import TaskInputError, build_tasks
-from pipeline.tasks.chat import CHAT_URL, COMPLETIONS_URL, chat_request, completion_request, request_text
+from pipeline.tasks.chat import CHAT_URL, COMPLETIONS_URL, request_text
+from pipeline.tasks.openai_request import parse_request
 from pipeline.tasks.prompting import PromptTooLong, render_tokens
 
 
@@ -22,30 +25,39 @@ def chat():
 
 
 def test_chat_body_to_messages_and_sampling() -> None:
-    messages, p = chat_request({
+    req = parse_request(CHAT_URL, {
         "model": "gpt-4o-mini", "metadata": {"k": "v"},  # accepted, change nothing
-        "messages": [{"role": "system", "content": "Be brief."},
+        "messages": [{"role": "developer", "content": "Be brief."},
                      {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
         "temperature": 0, "max_completion_tokens": 7, "max_tokens": 99, "stop": ["\n"], "seed": 3,
     })
-    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a\nb"}]
-    assert (p.temperature, p.max_tokens, p.stop, p.seed) == (0.0, 7, ["\n"], 3)  # max_completion_tokens wins
+    # 'developer' is 'system' to chat templates; text parts joined as vLLM joins them.
+    assert req.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a\nb"}]
+    assert req.max_tokens == 7  # max_completion_tokens wins
+    p = req.sampling_params(req.max_tokens)
+    assert (p.temperature, p.max_tokens, p.stop, p.seed) == (0.0, 7, ["\n"], 3)
 
 
-def test_openai_defaults_then_the_task_config() -> None:
-    _, p = chat_request({"messages": user("x")})
+def test_openai_defaults_then_the_task_config(chat) -> None:
+    p = chat.for_text(request_text(CHAT_URL, {"messages": user("x")})).sampling_params()
     assert (p.temperature, p.top_p, p.max_tokens) == (1.0, 1.0, None)  # None: the room left in the context
     from pipeline.tasks.base import SamplingOverride
 
-    _, p = chat_request({"messages": user("x"), "top_p": 0.5}, SamplingOverride(temperature=0.7, max_tokens=9, top_p=0.9))
+    req = parse_request(CHAT_URL, {"messages": user("x"), "top_p": 0.5}, SamplingOverride(temperature=0.7, max_tokens=9, top_p=0.9))
+    p = req.sampling_params(req.max_tokens)
     assert (p.temperature, p.top_p, p.max_tokens) == (0.7, 0.5, 9)  # the body wins where it says
 
 
-def test_completion_body() -> None:
-    prompt, special, p = completion_request({"prompt": ["Once upon a time"], "temperature": 0})
-    assert (prompt, special, p.max_tokens) == ("Once upon a time", True, 16)  # OpenAI's default max_tokens
-    prompt, special, _ = completion_request({"prompt": [5, 6, 7], "add_special_tokens": False, "max_tokens": 4})
-    assert (prompt, special) == ([5, 6, 7], False)
+def test_completion_body(chat) -> None:
+    t = chat.for_text(request_text(COMPLETIONS_URL, {"prompt": ["Once upon a time"], "temperature": 0}))
+    assert (t.request.prompts, t.request.add_special_tokens) == (["Once upon a time"], True)
+    assert t.sampling_params().max_tokens == 16  # OpenAI's default max_tokens
+    req = parse_request(COMPLETIONS_URL, {"prompt": [5, 6, 7], "add_special_tokens": False, "max_tokens": 4})
+    assert (req.prompts, req.add_special_tokens, req.max_tokens) == ([[5, 6, 7]], False, 4)
+    # Several prompts and streaming: the endpoint's to serve, not a batch line's.
+    req = parse_request(COMPLETIONS_URL, {"prompt": ["a", "b"], "stream": True,
+                                          "stream_options": {"include_usage": True}}, streaming=True)
+    assert (req.prompts, req.stream, req.include_usage, req.max_tokens) == (["a", "b"], True, True, None)
 
 
 @pytest.mark.parametrize(

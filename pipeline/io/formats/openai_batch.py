@@ -43,7 +43,8 @@ from pipeline.io.formats.fields import INVALID_UTF8, MALFORMED, MISSING, a, clea
 from pipeline.io.formats.jsonl import _salvage_id
 from pipeline.io.sources import SourceFile
 from pipeline.io.units import Row, UnitBuilder
-from pipeline.tasks.chat import COMPLETIONS_URL, URLS, request_text
+from pipeline.tasks.chat import request_text
+from pipeline.tasks.openai_request import COMPLETIONS_URL, URLS
 
 ID_FIELD = "custom_id"
 
