@@ -30,7 +30,6 @@ Their ids are derived from the run and the line, so a second export writes the s
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from typing import Any, Callable, Iterator, Optional
 
@@ -39,8 +38,8 @@ import pyarrow as pa
 from pipeline.config import InputConfig
 from pipeline.errors import ErrorKind
 from pipeline.io.formats import Cursor
-from pipeline.io.formats.fields import INVALID_UTF8, MALFORMED, MISSING, a, clean, fields_list, json_type, skip_bom, utf8_ok
-from pipeline.io.formats.jsonl import _salvage_id
+from pipeline.io.formats.fields import INVALID_UTF8, MALFORMED, MISSING, a, clean, fields_list, json_type, utf8_ok
+from pipeline.io.formats.lines import invalid_utf8, json_object, read_lines, salvage_id
 from pipeline.io.sources import SourceFile
 from pipeline.io.units import Row, UnitBuilder
 from pipeline.tasks.chat import request_text
@@ -59,27 +58,9 @@ def read(stream: Any, src: SourceFile, cfg: InputConfig, units: UnitBuilder, tel
          cursor: Cursor) -> Iterator[pa.Table]:
     uri = src.uri
     seen: dict[str, int] = {}  # custom_id -> the position that has it first
-    pos = -1
-    n_rows = 0
-    rows = units.rows
-    try:
-        skip_bom(stream)
-        # Line ends and undecodable bytes as in JSON Lines (pipeline/io/formats/jsonl.py).
-        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline=""):
-            pos += 1
-            if pos >= units.boundary:
-                yield from units.enter(pos, tell())
-                rows = units.rows
-            if line.isspace():
-                continue  # a blank line: a position, but not a record
-            n_rows += 1
-            keep = not units.cur_skipped
-            row = _row(line, pos, uri, seen, keep)
-            if keep:
-                rows.append(row)
-        cursor.rows = n_rows
-    finally:
-        cursor.pos = pos
+    # The lines of skipped units are read for their ids too (which line is a duplicate).
+    return read_lines(stream, units, tell, cursor, lambda line, pos: _row(line, pos, uri, seen, True),
+                      skipped=lambda line, pos: _row(line, pos, uri, seen, False))
 
 
 def _row(line: str, pos: int, uri: str, seen: dict[str, int], keep: bool) -> Optional[Row]:
@@ -87,23 +68,15 @@ def _row(line: str, pos: int, uri: str, seen: dict[str, int], keep: bool) -> Opt
     registered, and the row may be None."""
     where = f"line {pos + 1}: "
     fallback = f"{uri}#{pos}"
-    if not (line.isascii() or utf8_ok(line)):
-        raw = line.encode("utf-8", "surrogateescape")
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            cid = _salvage_id(raw, ID_FIELD, json.loads)
-            if cid is not None and seen.setdefault(cid, pos) != pos:
-                cid = None  # the id belongs to an earlier line: this error must not take it
-            return (cid or fallback, pos, None, INVALID_UTF8, f"{where}invalid UTF-8 at byte {e.start}: {e.reason}")
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError) as e:
-        msg = getattr(e, "msg", None) or str(e) or type(e).__name__
-        col = getattr(e, "colno", None)
-        return (fallback, pos, None, MALFORMED, clean(f"{where}invalid JSON: {msg}" + (f" (column {col})" if col else "")))
-    if type(obj) is not dict:
-        return (fallback, pos, None, MALFORMED, f"{where}expected a JSON object (a batch request), got {a(json_type(obj))}")
+    bad = invalid_utf8(line)
+    if bad is not None:
+        cid = salvage_id(bad[0], ID_FIELD, json.loads)
+        if cid is not None and seen.setdefault(cid, pos) != pos:
+            cid = None  # the id belongs to an earlier line: this error must not take it
+        return (cid or fallback, pos, None, INVALID_UTF8, f"{where}{bad[1]}")
+    obj, why = json_object(line, where, "a JSON object (a batch request)")
+    if why is not None:
+        return (fallback, pos, None, MALFORMED, why)
 
     cid = obj.get(ID_FIELD, _MISSING)
     if cid is _MISSING:
