@@ -59,72 +59,71 @@ def _shade_startup(ax: Any, facts: RunFacts) -> None:
         ax.axvspan(0, running[0], color="#eeeeee", zorder=0, label="start-up")
 
 
-@_styled
-def throughput(facts: RunFacts) -> Optional[str]:
-    x, tok = _series(facts, "tokens_per_s")
-    if not x:
-        return None
-    _, req = _series(facts, "requests_per_s")
-    fig = _figure()
-    ax = fig.add_subplot()
-    _shade_startup(ax, facts)
-    ax.plot(x, [v or 0 for v in tok], color=COLORS[0], label="generated tokens/s")
-    ax.set_xlabel(XLABEL)
-    ax.set_ylabel("tokens/s")
+def _timeline_chart(ylabel: str, *keys: str) -> Callable[[Callable[..., list[Any]]], Callable[[RunFacts], Optional[str]]]:
+    """A chart over the run's timeline, start-up shaded. The decorated function draws on the
+    axes given the seconds and one series per key, and returns the axes whose series the
+    legend lists; the chart is None when the run has no timeline."""
+
+    def decorate(draw: Callable[..., list[Any]]) -> Callable[[RunFacts], Optional[str]]:
+        def chart(facts: RunFacts) -> Optional[str]:
+            if not facts.timeline:
+                return None
+            x = _series(facts, keys[0])[0]
+            fig = _figure()
+            ax = fig.add_subplot()
+            _shade_startup(ax, facts)
+            ax.set_xlabel(XLABEL)
+            ax.set_ylabel(ylabel)
+            axes = draw(ax, x, *(_series(facts, k)[1] for k in keys))
+            handles, labels = [], []
+            for a in axes:
+                h, lab = a.get_legend_handles_labels()
+                handles, labels = handles + h, labels + lab
+            ax.legend(handles, labels, loc="upper left", frameon=False)
+            return _svg(fig)
+
+        chart.__name__ = chart.__qualname__ = draw.__name__  # a chart's name is its draw function's
+        return _styled(chart)
+
+    return decorate
+
+
+def _right_axis(ax: Any, ylabel: str) -> Any:
+    """A second y axis on the right, for a series of another unit."""
     ax2 = ax.twinx()
-    ax2.plot(x, [v or 0 for v in req], color=COLORS[1], linestyle="--", label="requests/s")
-    ax2.set_ylabel("requests/s")
+    ax2.set_ylabel(ylabel)
     ax2.spines["right"].set_visible(True)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper left", frameon=False)
-    return _svg(fig)
+    return ax2
 
 
-@_styled
-def progress(facts: RunFacts) -> Optional[str]:
-    x, done = _series(facts, "requests_done")
-    if not x:
-        return None
-    _, planned = _series(facts, "requests_planned")
-    fig = _figure()
-    ax = fig.add_subplot()
-    _shade_startup(ax, facts)
+@_timeline_chart("tokens/s", "tokens_per_s", "requests_per_s")
+def throughput(ax: Any, x: list[float], tok: list[Optional[float]], req: list[Optional[float]]) -> list[Any]:
+    ax.plot(x, [v or 0 for v in tok], color=COLORS[0], label="generated tokens/s")
+    ax2 = _right_axis(ax, "requests/s")
+    ax2.plot(x, [v or 0 for v in req], color=COLORS[1], linestyle="--", label="requests/s")
+    return [ax, ax2]
+
+
+@_timeline_chart("requests", "requests_done", "requests_planned")
+def progress(ax: Any, x: list[float], done: list[Optional[float]], planned: list[Optional[float]]) -> list[Any]:
     ax.plot(x, done, color=COLORS[0], label="requests finished")
     ax.plot(x, [p if p is not None else float("nan") for p in planned], color=COLORS[5], linestyle=":",
             label="requests planned (estimated until every file is read)")
-    ax.set_xlabel(XLABEL)
-    ax.set_ylabel("requests")
-    ax.legend(loc="upper left", frameon=False)
-    return _svg(fig)
+    return [ax]
 
 
-@_styled
-def in_flight(facts: RunFacts) -> Optional[str]:
-    x, fl = _series(facts, "in_flight")
-    if not x:
-        return None
-    _, waiting = _series(facts, "waiting")
-    _, kv = _series(facts, "kv_cache_usage")
-    fig = _figure()
-    ax = fig.add_subplot()
-    _shade_startup(ax, facts)
+@_timeline_chart("requests", "in_flight", "waiting", "kv_cache_usage")
+def in_flight(ax: Any, x: list[float], fl: list[Optional[float]], waiting: list[Optional[float]],
+              kv: list[Optional[float]]) -> list[Any]:
     ax.plot(x, fl, color=COLORS[0], label="requests in flight (in the engines)")
     ax.plot(x, waiting, color=COLORS[3], linestyle="--", label="waiting in the scheduler (queue)")
-    ax.set_xlabel(XLABEL)
-    ax.set_ylabel("requests")
-    handles, labels = ax.get_legend_handles_labels()
-    if any(v is not None for v in kv):
-        ax2 = ax.twinx()
-        ax2.plot(x, [100 * v if v is not None else float("nan") for v in kv], color=COLORS[2], linestyle=":",
-                 label="KV cache used (fullest engine)")
-        ax2.set_ylabel("KV cache used, %")
-        ax2.set_ylim(0, 100)
-        ax2.spines["right"].set_visible(True)
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="upper left", frameon=False)
-    return _svg(fig)
+    if not any(v is not None for v in kv):
+        return [ax]
+    ax2 = _right_axis(ax, "KV cache used, %")
+    ax2.plot(x, [100 * v if v is not None else float("nan") for v in kv], color=COLORS[2], linestyle=":",
+             label="KV cache used (fullest engine)")
+    ax2.set_ylim(0, 100)
+    return [ax, ax2]
 
 
 @_styled
