@@ -10,7 +10,7 @@ text) are part of the schema, so the document states them and validation enforce
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, Optional, Union
+from typing import Any, Generic, Literal, Optional, TypeVar, Union
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -257,15 +257,6 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
 class CompletionChoice(BaseModel):
     index: int
     text: str
@@ -273,13 +264,26 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class Completion(BaseModel):
+_C = TypeVar("_C", bound=BaseModel)
+
+
+class _Answer(BaseModel, Generic[_C]):
+    """What both OpenAI routes answer; each names its own `object` and choices."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
-    choices: list[CompletionChoice]
+    choices: list[_C]
     usage: Usage
+
+
+class ChatCompletion(_Answer[ChatChoice]):
+    object: Literal["chat.completion"] = "chat.completion"
+
+
+class Completion(_Answer[CompletionChoice]):
+    object: Literal["text_completion"] = "text_completion"
 
 
 _OpenAIBody.model_rebuild()
