@@ -9,6 +9,12 @@ apart from the engine so that a fake engine can drive it in tests.
 A part is the rows of one commit unit that one batch held (split further when a retry
 batch mixes re-read rows with rows that need only some tasks). It records its positions
 as ranges, so whatever the batch boundaries, coverage is counted row by row.
+
+A piece may be committed in several *waves* (the actor commits whole texts as soon as they
+are done and the rows of split documents when those are): wave 0 is keyed
+`part_key(unit, first position of the piece)`, wave w > 0 that key + `.w`. The waves are
+committed one after the other, so a retried batch finds them by counting up until a key
+is missing, whichever rows each held.
 """
 
 from __future__ import annotations
@@ -29,15 +35,25 @@ _READ_ERROR = ErrorKind.READ_ERROR.value
 
 @dataclass
 class Piece:
-    key: str
+    key: str  # wave 0's key (see wave_key)
     unit: str
     idx: list[int]  # row indices into the batch
+    wave: int = 0  # the first wave this attempt commits (earlier ones: an earlier attempt's)
+
+    def wave_key(self, k: int) -> str:
+        """The key of this piece's k-th wave committed by this attempt."""
+        return wave_key(self.key, self.wave + k)
+
+
+def wave_key(key: str, wave: int) -> str:
+    return key if wave == 0 else f"{key}.{wave}"
 
 
 def split_batch(committer: RunCommitter, cols: dict[str, list]) -> tuple[list[Piece], list[Piece]]:
     """(to compute, already committed). A retried batch finds its parts committed under the
-    same keys; a batch whose rows an earlier attempt committed with other boundaries
-    (keys that differ) is caught at publish, where overlapping parts are trimmed."""
+    same keys (every wave of them); a batch whose rows an earlier attempt committed with
+    other boundaries (keys that differ) is caught at publish, where overlapping parts are
+    trimmed."""
     groups: dict[tuple[str, bool], list[int]] = {}
     only = cols.get("only_tasks")
     for i, unit in enumerate(cols["unit"]):
@@ -46,16 +62,24 @@ def split_batch(committer: RunCommitter, cols: dict[str, list]) -> tuple[list[Pi
     todo, skipped = [], []
     for (unit, _), idx in groups.items():
         pending = idx
+        waves: dict[str, int] = {}  # key probed -> its waves found
         while pending:
             key = part_key(unit, min(positions[i] for i in pending))
-            rec = committer.read_part(key)
-            if rec is None:
+            if key in waves:  # an earlier attempt committed some of its waves, not this row's
+                todo.append(Piece(key, unit, pending, waves[key]))
+                break
+            n = 0
+            while (rec := committer.read_part(wave_key(key, n))) is not None:
+                held = rec.position_set()
+                done = [i for i in pending if positions[i] in held]
+                if done:
+                    skipped.append(Piece(rec.key, unit, done))
+                pending = [i for i in pending if positions[i] not in held]
+                n += 1
+            if n == 0:
                 todo.append(Piece(key, unit, pending))
                 break
-            held = rec.position_set()
-            done = [i for i in pending if positions[i] in held]
-            skipped.append(Piece(key, unit, done))
-            pending = [i for i in pending if positions[i] not in held]
+            waves[key] = n
     return todo, skipped
 
 

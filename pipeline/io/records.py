@@ -40,7 +40,7 @@ class TaskCount(Record):
 
 
 class PartRecord(Record):
-    key: str = Field(description="<unit>-<first position>: names the commit record.")
+    key: str = Field(description="<unit>-<first position of the batch's rows of the unit>, then \".<n>\" for its later commit waves (pipeline/batch/parts.py): names the commit record.")
     run_id: str
     source: str = Field(description="URI of the input file the rows come from.")
     unit: str = Field(description="Commit unit of the rows (position // rows_per_unit).")
