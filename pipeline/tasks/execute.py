@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Optional, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence
 
 from pipeline.engine.outputs import Generation
 from pipeline.errors import ErrorKind
@@ -133,8 +133,12 @@ def finish(task: Task, gen: Generation, input_truncated: bool) -> TaskResult:
     return TaskResult(task=task.name, columns=cols, prompt_tokens=ptoks, output_tokens=otoks)
 
 
-async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -> TaskResult:
-    """One task on one text, through the engine."""
+async def execute(
+    task: Task, text: str, engine: EngineLike, ctx: ExecContext, on_split: Optional[Callable[[], None]] = None
+) -> TaskResult:
+    """One task on one text, through the engine. `on_split` is called once the text is known
+    not to fit one request (its parts then run at the lower PART_PRIORITY): the batch actor
+    commits the other rows without waiting for it."""
     t0 = time.perf_counter()
     try:
         task = task.for_text(text)  # chat: the request's own messages and sampling
@@ -149,6 +153,8 @@ async def execute(task: Task, text: str, engine: EngineLike, ctx: ExecContext) -
         if policy == "split":
             plan = plan_parts(task, text, ctx)
             if isinstance(plan, SplitPlan):
+                if on_split is not None:
+                    on_split()
                 return await _execute_split(task, plan, engine, ctx, t0)
             ids, truncated = plan, False
         else:
