@@ -16,12 +16,13 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Optional
+from collections import Counter
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
 
 from pipeline.config import JobSpec
-from pipeline.batch.parts import build_part, requests, split_batch
+from pipeline.batch.parts import Piece, build_part, requests, split_batch
 from pipeline.io.commit import RunCommitter
 from pipeline.io.store import Store
 from pipeline.tasks import build_tasks
@@ -142,13 +143,25 @@ class InferenceActor:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         """Async so that Ray Data runs several batches on this actor at once (map_batches'
         max_concurrency): while one batch's last rows finish in the engine, the next
-        batch's requests are already queued there. At most `engine.batches_in_flight`."""
+        batch's requests are already queued there. At most `engine.batches_in_flight`
+        batches with whole texts still running; a batch left with only the parts of split
+        documents gives its slot to the next one (those parts queue behind whole texts)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.spec.engine.batches_in_flight)
-        async with self._slots:
-            return await self._process(batch)
+        await self._slots.acquire()
+        held = [True]
 
-    async def _process(self, batch: pa.Table) -> pa.Table:
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self._slots.release()
+
+        try:
+            return await self._process(batch, release)
+        finally:
+            release()
+
+    async def _process(self, batch: pa.Table, release=lambda: None) -> pa.Table:
         t_call = time.perf_counter()
         timing = {"prepare_seconds": 0.0, "generate_seconds": 0.0}
         cols = batch.to_pydict()
@@ -158,18 +171,35 @@ class InferenceActor:
             bytes_read = sum(cols["bytes_read"][i] for i in piece.idx)
             meta.append(self._meta(piece.key, piece.unit, len(piece.idx), True, {}, 0, 0, bytes_read))
 
-        rows = [i for piece in todo for i in piece.idx]
-        results = await self._infer(cols, rows, timing)
+        waves = {id(piece): 0 for piece in todo}
+        left = {id(piece): list(piece.idx) for piece in todo}
 
-        for piece in todo:
-            record, tables = build_part(piece, cols, self.tasks, results, self.model_name, self.run_id)
-            t0 = time.perf_counter()
-            self.committer.commit_part(record, tables)
-            counts = {t: c.model_dump() for t, c in record.counts.items()}
-            bytes_read = sum(cols["bytes_read"][i] for i in piece.idx)
-            meta.append(self._meta(piece.key, piece.unit, record.rows, False, counts, record.prompt_tokens,
-                                   record.output_tokens, bytes_read))
-            meta[-1]["commit_seconds"] = time.perf_counter() - t0
+        def commit_ready(results: dict[tuple[int, int], TaskResult], running: Counter, split: set[int]) -> None:
+            """Commit, per piece, the rows whose every task is done, once the piece's rows
+            still running are all split documents: whole texts are committed without
+            waiting for a long document of their batch, and it on its own when done."""
+            for piece in todo:
+                rest = left[id(piece)]
+                ready = [i for i in rest if not running[i]]
+                if not ready or any(running[i] and i not in split for i in rest):
+                    continue
+                left[id(piece)] = [i for i in rest if running[i]]
+                wave = Piece(piece.wave_key(waves[id(piece)]), piece.unit, ready)
+                waves[id(piece)] += 1
+                record, tables = build_part(wave, cols, self.tasks, results, self.model_name, self.run_id)
+                t0 = time.perf_counter()
+                self.committer.commit_part(record, tables)
+                counts = {t: c.model_dump() for t, c in record.counts.items()}
+                bytes_read = sum(cols["bytes_read"][i] for i in ready)
+                meta.append(self._meta(wave.key, wave.unit, record.rows, False, counts, record.prompt_tokens,
+                                       record.output_tokens, bytes_read))
+                meta[-1]["commit_seconds"] = time.perf_counter() - t0
+
+        rows = [i for piece in todo for i in piece.idx]
+        await self._infer(cols, rows, timing, commit_ready, release)
+        timing["generate_seconds"] -= sum(m["commit_seconds"] for m in meta)  # commits ran while waiting
+        if any(left.values()):  # cannot happen: every row's tasks finished
+            raise RuntimeError(f"rows left uncommitted: {sum(map(len, left.values()))}")
         if self.progress is not None:
             if todo:
                 self.progress.engine_metrics.remote(self.instance, self.engine.metrics())
@@ -201,24 +231,53 @@ class InferenceActor:
         return m
 
     # -- inference ------------------------------------------------------------------
-    async def _infer(self, cols: dict[str, list], rows: list[int], timing: dict[str, float]) -> dict[tuple[int, int], TaskResult]:
+    async def _infer(self, cols: dict[str, list], rows: list[int], timing: dict[str, float],
+                     on_done: Callable[[dict, Counter, set[int]], None], release: Callable[[], None]) -> dict[tuple[int, int], TaskResult]:
         """(row, task) -> TaskResult for every row and task the batch needs. Each (row, task)
         is one `execute` coroutine (pipeline.tasks.execute, shared with the Serve endpoint);
-        all of them are in the engine together, so continuous batching always has work."""
+        all of them are in the engine together, so continuous batching always has work.
+        `on_done(results, running, split)` is called as requests finish (running: a row's
+        requests not finished; split: rows with a text split into parts); `release` once
+        the rows still running are all split documents."""
         keys, out = requests(cols, rows, self.tasks)
         for _, t in out:  # the reader already failed these rows: finished, for live progress
             self.tally.add(self.tasks[t].name, ok=False)
-        coros = [self._tallied(execute(self.tasks[t], cols["text"][i], self.engine, self.ctx)) for i, t in keys]
+        running = Counter(i for i, _ in keys)
+        split: set[int] = set()
+
+        def only_parts_left() -> None:
+            if all(i in split for i, n in running.items() if n):
+                release()
+
+        def on_split(i: int) -> None:
+            split.add(i)
+            only_parts_left()
+
+        futs = {
+            asyncio.ensure_future(self._tallied(execute(self.tasks[t], cols["text"][i], self.engine, self.ctx,
+                                                        on_split=lambda i=i: on_split(i)))): (i, t)
+            for i, t in keys
+        }
         t0 = time.perf_counter()
-        results = await asyncio.gather(*coros, return_exceptions=True)
+        on_done(out, running, split)  # rows the reader failed: nothing to wait for
+        pending = set(futs)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for f in done:
+                    if f.cancelled() or f.exception() is not None:
+                        # Only a dead engine escapes execute(): fatal for this actor (Ray restarts
+                        # it and retries the batch; committed parts are skipped then).
+                        self._die(f.exception() if not f.cancelled() else asyncio.CancelledError())
+                    r = out[futs[f]] = f.result()
+                    running[futs[f][0]] -= 1
+                    timing["prepare_seconds"] += r.timings.get("render", 0.0)
+                only_parts_left()
+                on_done(out, running, split)
+        finally:  # a failed commit fails the batch: its requests still in the engine go too
+            for f in pending:
+                f.cancel()
         timing["generate_seconds"] += time.perf_counter() - t0
-        for key, r in zip(keys, results):
-            if isinstance(r, BaseException):
-                # Only a dead engine escapes execute(): fatal for this actor (Ray restarts it
-                # and retries the batch; committed parts are skipped then).
-                self._die(r)
-            out[key] = r
-            timing["prepare_seconds"] += r.timings.get("render", 0.0)
         return out
 
     async def _end_of_run(self, timeout: float = 10.0) -> None:

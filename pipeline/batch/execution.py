@@ -239,11 +239,13 @@ def execute_plan(
             "worker_logs": worker_logs,
         },
         # Several batches per actor at once (the actor's __call__ is async and keeps
-        # engine.batches_in_flight of them in its engine); one more queued behind them.
+        # engine.batches_in_flight of them in its engine); one more queued behind them, and
+        # up to batches_in_flight more that hold only the parts of split documents (such a
+        # batch gives its slot to the next one until its long documents are done).
         compute=ray.data.ActorPoolStrategy(
-            size=r.actors, max_tasks_in_flight_per_actor=spec.engine.batches_in_flight + 1
+            size=r.actors, max_tasks_in_flight_per_actor=_calls_per_actor(spec)
         ),
-        max_concurrency=spec.engine.batches_in_flight + 1,
+        max_concurrency=_calls_per_actor(spec),
         num_cpus=r.cpus_per_actor,
         max_restarts=r.max_actor_restarts,
         max_task_retries=-1,
@@ -282,6 +284,11 @@ def execute_plan(
         ray.kill(counter)
     computed["seconds"] = time.perf_counter() - t0
     return {**computed, **_engine_summary(engines), "actors": r.actors, "ray_started_at": t_ray, "ray_ready_at": ray_ready_at}
+
+
+def _calls_per_actor(spec: JobSpec) -> int:
+    """Batches Ray Data hands an actor at once (see InferenceActor.__call__)."""
+    return 2 * spec.engine.batches_in_flight + 1
 
 
 def _cpu_engines_per_node(actors: int) -> int:
