@@ -15,6 +15,8 @@ Environment:
     PIPELINE_FAKE_DELAY   seconds each batch takes (keeps a run alive while a test acts)
     PIPELINE_FAKE_FAIL    rows whose text holds this string fail with generation_error
     PIPELINE_FAKE_READ_AHEAD  1: read every file before computing (as Ray's read stage runs ahead)
+    PIPELINE_FAKE_WAVES   1: commit each piece in two waves of rows drawn at random (as the
+                          actor commits whole texts before a long document of their batch)
     PIPELINE_FAULT        kill points (pipeline.io.commit.fault_point)
 """
 
@@ -47,7 +49,7 @@ def _fake_result(task, text: str):
 def execute_local(plan, parts, interactive: Optional[bool], select: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """execute_plan's contract, in this process: read stage -> batches -> parts committed."""
     from pipeline.batch.execution import COMPUTED, read_items, read_kwargs, read_sources
-    from pipeline.batch.parts import build_part, requests, split_batch
+    from pipeline.batch.parts import Piece, build_part, requests, split_batch
     from pipeline.tasks import build_tasks
 
     spec = plan.spec
@@ -55,6 +57,8 @@ def execute_local(plan, parts, interactive: Optional[bool], select: Optional[dic
     committer = plan.committer
     rng = random.Random(int(os.environ.get("PIPELINE_FAKE_SEED", "0")))
     delay = float(os.environ.get("PIPELINE_FAKE_DELAY", "0"))
+    waves = os.environ.get("PIPELINE_FAKE_WAVES") == "1"
+    wave_rng = random.Random(int(os.environ.get("PIPELINE_FAKE_SEED", "0")) + 1)  # apart: batch order unchanged
     computed: Counter = Counter({k: 0 for k in COMPUTED})
     t0 = time.perf_counter()
 
@@ -88,13 +92,19 @@ def execute_local(plan, parts, interactive: Optional[bool], select: Optional[dic
         for i, t in needed:
             results[(i, t)] = _fake_result(tasks[t], cols["text"][i])
         for piece in todo:
-            record, part_tables = build_part(piece, cols, tasks, results, "fake-model", plan.run_id)
-            c0 = time.perf_counter()
-            committer.commit_part(record, part_tables)
-            computed["commit_seconds"] += time.perf_counter() - c0
-            computed["rows"] += record.rows
-            computed["output_tokens"] += record.output_tokens
-            computed["prompt_tokens"] += record.prompt_tokens
+            groups = [piece.idx]
+            if waves and len(piece.idx) > 1:
+                first = set(wave_rng.sample(piece.idx, wave_rng.randrange(1, len(piece.idx))))
+                groups = [[i for i in piece.idx if i in first], [i for i in piece.idx if i not in first]]
+            for k, idx in enumerate(groups):
+                wave = Piece(piece.wave_key(k), piece.unit, idx)
+                record, part_tables = build_part(wave, cols, tasks, results, "fake-model", plan.run_id)
+                c0 = time.perf_counter()
+                committer.commit_part(record, part_tables)
+                computed["commit_seconds"] += time.perf_counter() - c0
+                computed["rows"] += record.rows
+                computed["output_tokens"] += record.output_tokens
+                computed["prompt_tokens"] += record.prompt_tokens
 
     # Batches in flight finish in any order: keep a window of them, finish one at random.
     window: list[pa.Table] = []

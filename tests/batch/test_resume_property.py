@@ -4,8 +4,8 @@ points (Hypothesis).
 For any file (with blank lines, so positions have gaps), any rows_per_unit, any batch size,
 any order in which batches in flight finish, a kill after any number of commits, and a
 rerun with another batch size (and, at times, a zombie attempt committing rows again with
-other boundaries): the publish's proof accepts the parts, and they hold every record of
-the file exactly once. Rows are computed by the fake engine of fakejob.py, in-process;
+other boundaries, or, with pieces committed in waves, the same batches retried): the
+publish's proof accepts the parts, and they hold every record of the file exactly once. Rows are computed by the fake engine of fakejob.py, in-process;
 everything else is the real read stage, part bookkeeping and commit layer.
 """
 
@@ -44,9 +44,10 @@ def _plan(tmp, spec: JobSpec) -> RunPlan:
     kill_after=st.integers(0, 40),
     seed=st.integers(0, 1000),
     zombie=st.booleans(),
+    waves=st.booleans(),
 )
 def test_any_layout_resumes_to_every_record_exactly_once(tmp_path_factory, monkeypatch, records, rows_per_unit,
-                                                         batch1, batch2, in_flight, kill_after, seed, zombie):
+                                                         batch1, batch2, in_flight, kill_after, seed, zombie, waves):
     tmp = tmp_path_factory.mktemp("prop")
     lines, positions = [], []
     for i, is_record in enumerate(records):
@@ -71,6 +72,7 @@ def test_any_layout_resumes_to_every_record_exactly_once(tmp_path_factory, monke
         return real_commit(self, record, tables)
 
     monkeypatch.setenv("PIPELINE_FAKE_SEED", str(seed))
+    monkeypatch.setenv("PIPELINE_FAKE_WAVES", "1" if waves else "0")
     monkeypatch.setattr(RunCommitter, "commit_part", dying_commit)
     try:
         execute_local(plan, [], None)
@@ -82,8 +84,9 @@ def test_any_layout_resumes_to_every_record_exactly_once(tmp_path_factory, monke
     if zombie and before:
         # a second attempt of the killed run commits rows again with other batch boundaries
         monkeypatch.setenv("PIPELINE_FAKE_SEED", str(seed + 7))
+        # (committing in waves: the same batches again, as Ray retries a batch whose actor died)
         execute_local(dataclasses.replace(plan, spec=spec.model_copy(update={"engine": spec.engine.model_copy(
-            update={"batch_rows": max(1, batch1 // 2 + 1)})})), [], None)
+            update={"batch_rows": batch1 if waves else max(1, batch1 // 2 + 1)})})), [], None)
         before = committer.committed_parts()
     rerun = dataclasses.replace(plan, spec=spec.model_copy(update={"engine": spec.engine.model_copy(update={"batch_rows": batch2})}))
     execute_local(rerun, before, None)
