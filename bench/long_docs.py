@@ -182,22 +182,42 @@ def write_spec(path: Path, inputs: list[Path], out: Path, model: str, tasks: dic
 
 def run_cli(spec: Path, out: Path, log: Path) -> dict[str, Any]:
     """`pipeline run spec` in a subprocess. Returns its summary, when its engine was ready,
-    and when each output row was committed: a part's Parquet file is written just before
-    its commit record and keeps its modification time when the publish moves it."""
-    import pyarrow.parquet as pq
+    and when each output row was committed: read from the parts' commit records
+    (`committed_at`), polled while the run goes, since the publish merges small part files
+    (their modification times are then the publish's) and clears the staging."""
+    import yaml
+
+    cfg = yaml.safe_load(spec.read_text())
+    ids: dict[str, list[str]] = {}  # input file -> row id at each position (one record a line)
+    for path in cfg["input"]["paths"]:
+        ids[str(Path(path).resolve())] = [json.loads(line)["id"] for line in Path(path).open(encoding="utf-8")]
+    seen: dict[str, dict[str, Any]] = {}
+
+    def poll() -> None:
+        for rec in out.glob("_staging/*/_commits/*.json"):
+            if rec.name not in seen:
+                try:
+                    seen[rec.name] = json.loads(rec.read_text())
+                except (OSError, ValueError):  # being written or already cleared: next look
+                    pass
 
     with open(log, "w") as f:
-        code = subprocess.call([sys.executable, "-m", "pipeline", "run", str(spec)], stdout=f, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise SystemExit(f"pipeline run failed (exit {code}); see {log}")
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec)], stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            poll()
+            time.sleep(0.1)
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline run failed (exit {proc.returncode}); see {log}")
     summary_path = out / "summary.json"
     s = json.loads(summary_path.read_text())
     # summary.json is written as the run ends, wall_seconds after it began.
     ready = summary_path.stat().st_mtime - s["wall_seconds"] + (s.get("startup_seconds") or 0.0)
     committed: list[tuple[float, str]] = []
-    for f in out.glob("*/part-*.parquet"):
-        t = f.stat().st_mtime
-        committed += [(t, rid) for rid in pq.read_table(f, columns=["row_id"])["row_id"].to_pylist()]
+    for rec in seen.values():
+        rows = ids[str(Path(rec["source"]).resolve())]
+        committed += [(rec["committed_at"], rows[p]) for a, b in rec["positions"] for p in range(a, b + 1)]
+    if len(committed) != s["rows"]:
+        raise SystemExit(f"saw commit records for {len(committed)} rows of {s['rows']}: the publish cleared some first")
     return {"summary": s, "ready": ready, "committed": sorted(committed)}
 
 
