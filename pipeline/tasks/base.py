@@ -45,6 +45,9 @@ class SamplingOverride(StrictModel):
     max_tokens: Optional[int] = Field(None, ge=1, description="Most tokens generated per answer.")
     min_tokens: Optional[int] = Field(None, ge=0, description="Fewest tokens generated before a stop may end the answer.")
     repetition_penalty: Optional[float] = Field(None, gt=0, description=">1 discourages repeating tokens.")
+    frequency_penalty: Optional[float] = Field(
+        None, ge=-2, le=2, description=">0 discourages a token by how often it already occurs in the answer."
+    )
     ignore_eos: Optional[bool] = Field(None, description="Keep generating past the end-of-sequence token.")
     seed: Optional[int] = Field(None, description="Per-request seed for sampled (temperature > 0) answers.")
     stop: Optional[list[str]] = Field(
