@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -13,6 +13,13 @@ from pipeline.tasks.base import Task, TaskConfig
 
 class SummarizationConfig(TaskConfig):
     max_words: int = Field(60, ge=5, le=1000, description="Length bound given to the model, in words.")
+    ends_at: Literal["sentence", "line"] = Field(
+        "sentence",
+        description="Where a summary ends: 'sentence', at its first sentence end ('. ', '! ' or '? ' once 8 "
+        "tokens are out, or a line break): a one-sentence summary, which scored best on the default model "
+        "(README, 'Prompts for summaries and translations'); 'line', at a line break: one paragraph of up to "
+        "max_words words. An explicit sampling.stop wins.",
+    )
 
 
 class Summarization(Task):
@@ -31,10 +38,16 @@ class Summarization(Task):
         "Reply with the summary only."
     )
     default_user = "{text}"
-    # A summary is one paragraph: a line break ends it. Without this stop the default model
-    # went on after its summary (the article's next lines, or one sentence over and over)
-    # until max_tokens; README, "Prompts for summaries and translations".
-    default_sampling = {"stop": ["\n"]}
+    # A summary ends at its first sentence end (ends_at 'sentence'). Without a stop the default
+    # model went on after its summary (the article's next lines, or one sentence over and
+    # over) until max_tokens; a line-break stop left 18% cut and 18% repeating themselves, a
+    # sentence-end stop none, and ROUGE-L rose from 1.05x to 1.27x the lead baseline (README,
+    # "Prompts for summaries and translations"). min_tokens: a stop string is only looked for
+    # after that many tokens, so an abbreviation at the start ("Mr. Smith") does not end the
+    # summary at its first word.
+    SENTENCE_STOP = ["\n", ". ", "! ", "? "]
+    SENTENCE_MIN_TOKENS = 8
+    default_sampling = {"stop": SENTENCE_STOP, "min_tokens": SENTENCE_MIN_TOKENS}
     split_mode = "reduce"
 
     def params(self) -> dict[str, Any]:
@@ -43,6 +56,11 @@ class Summarization(Task):
     def sampling_kwargs(self) -> dict[str, Any]:
         # About 1.5 tokens per English word, plus slack; an explicit override wins.
         kw = super().sampling_kwargs()
+        if self.cfg.ends_at == "line":
+            if self.cfg.sampling.stop is None:
+                kw["stop"] = ["\n"]  # one paragraph
+            if self.cfg.sampling.min_tokens is None:
+                kw.pop("min_tokens", None)
         if self.cfg.sampling.max_tokens is None:
             kw["max_tokens"] = int(self.cfg.max_words * 1.5) + 16
         return kw

@@ -39,6 +39,15 @@ def test_summary_length_bound_sets_max_tokens():
     assert tasks(summarization={"max_words": 20})["summarization"].max_output_tokens() == 46
 
 
+def test_summary_ends_at_a_sentence_end_or_a_line_break():
+    p = tasks(summarization={})["summarization"].sampling_params()
+    assert "\n" in p.stop and ". " in p.stop and p.min_tokens > 0  # not at "Mr. " as the first word
+    line = tasks(summarization={"ends_at": "line"})["summarization"].sampling_params()
+    assert (line.stop, line.min_tokens) == (["\n"], 0)
+    own = tasks(summarization={"sampling": {"stop": ["###"]}})["summarization"].sampling_params()
+    assert own.stop == ["###"]
+
+
 def test_sentiment_structured_choice_and_parse():
     t = tasks(sentiment={})["sentiment"]
     kw = t.sampling_kwargs()
