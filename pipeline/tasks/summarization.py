@@ -63,6 +63,8 @@ class Summarization(Task):
                 kw.pop("min_tokens", None)
         if self.cfg.sampling.max_tokens is None:
             kw["max_tokens"] = int(self.cfg.max_words * 1.5) + 16
+        if self.cfg.sampling.min_tokens is None and "min_tokens" in kw:
+            kw["min_tokens"] = min(kw["min_tokens"], kw["max_tokens"])  # a small max_tokens override stays valid
         return kw
 
     def parse(self, completion) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def test_summary_ends_at_a_sentence_end_or_a_line_break():
     assert (line.stop, line.min_tokens) == (["\n"], 0)
     own = tasks(summarization={"sampling": {"stop": ["###"]}})["summarization"].sampling_params()
     assert own.stop == ["###"]
+    assert tasks(summarization={"sampling": {"max_tokens": 4}})["summarization"].sampling_params().min_tokens == 4
 
 
 def test_sentiment_structured_choice_and_parse():
