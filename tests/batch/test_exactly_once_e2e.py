@@ -40,7 +40,7 @@ def test_real_engine_into_s3_killed_resumed_second_writer_busy(tmp_path, tiny_mo
         tmp_path / "job.yaml",
         input={"paths": [str(tmp_path / "corpus")], "id_field": "id"},
         output={"path": out, "rows_per_unit": 20},
-        tasks={"sentiment": {}, "summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 32}}},
+        tasks={"sentiment": {}, "summarization": {"max_words": 5, "ends_at": "line", "sampling": {"ignore_eos": True, "max_tokens": 32}}},
         model={"path": str(tiny_model)},
         engine={"max_model_len": 512, "batch_rows": 8},
     )

@@ -45,7 +45,7 @@ def job_spec(tmp_path, tiny_model, inputs, out, **extra):
         tmp_path / "nightly.yaml",
         input={"paths": [str(p) for p in inputs], "id_field": "id"},
         output={"path": str(out), "rows_per_unit": 40},
-        tasks={"summarization": {"max_words": 5, "sampling": {"ignore_eos": True, "max_tokens": 24}}},
+        tasks={"summarization": {"max_words": 5, "ends_at": "line", "sampling": {"ignore_eos": True, "max_tokens": 24}}},
         model={"path": str(tiny_model)},
         engine={"max_model_len": 512, "batch_rows": 16},
         **extra,
