@@ -35,7 +35,8 @@ def test_worker_node_removed_midway(tmp_path, tiny_model, monkeypatch):
         tmp_path / "job.yaml",
         input={"paths": [str(tmp_path / "corpus")], "id_field": "id"},
         output={"path": str(out), "rows_per_unit": 40},
-        tasks={"summarization": {"max_words": 5, "ends_at": "line", "sampling": {"ignore_eos": True, "max_tokens": 24}}},
+        # 64 tokens a summary: the node must go while rows are left (the pipeline got faster)
+        tasks={"summarization": {"max_words": 5, "ends_at": "line", "sampling": {"ignore_eos": True, "max_tokens": 64}}},
         model={"path": str(tiny_model)},
         engine={"max_model_len": 512, "batch_rows": 16},
         resources={"cpus_per_actor": 1, "max_actor_restarts": 3},
