@@ -236,47 +236,59 @@ class InferenceActor:
         """(row, task) -> TaskResult for every row and task the batch needs. Each (row, task)
         is one `execute` coroutine (pipeline.tasks.execute, shared with the Serve endpoint);
         all of them are in the engine together, so continuous batching always has work.
-        `on_done(results, running, split)` is called as requests finish (running: a row's
-        requests not finished; split: rows with a text split into parts); `release` once
-        the rows still running are all split documents."""
+        `on_done(results, running, split)` is called as requests finish once the rows still
+        running are all split documents (running: a row's requests not finished; split:
+        rows with a text split into parts), and `release` when that first happens."""
         keys, out = requests(cols, rows, self.tasks)
         for _, t in out:  # the reader already failed these rows: finished, for live progress
             self.tally.add(self.tasks[t].name, ok=False)
         running = Counter(i for i, _ in keys)
         split: set[int] = set()
-
-        def only_parts_left() -> None:
-            if all(i in split for i, n in running.items() if n):
-                release()
+        # Rows with a whole text still running: while there are any, nothing can be
+        # committed early nor the slot given back. Kept as a count, so that each finished
+        # request costs O(1) (a batch holds hundreds of rows x tasks).
+        blocking = len(running)
 
         def on_split(i: int) -> None:
-            split.add(i)
-            only_parts_left()
+            nonlocal blocking
+            if i not in split:
+                split.add(i)
+                blocking -= 1
+                if not blocking:
+                    release()
 
         futs = {
             asyncio.ensure_future(self._tallied(execute(self.tasks[t], cols["text"][i], self.engine, self.ctx,
                                                         on_split=lambda i=i: on_split(i)))): (i, t)
             for i, t in keys
         }
+        finished: asyncio.Queue = asyncio.Queue()
+        for f in futs:
+            f.add_done_callback(finished.put_nowait)
         t0 = time.perf_counter()
-        on_done(out, running, split)  # rows the reader failed: nothing to wait for
-        pending = set(futs)
+        if not blocking:
+            on_done(out, running, split)  # rows the reader failed: nothing to wait for
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for f in done:
-                    if f.cancelled() or f.exception() is not None:
-                        # Only a dead engine escapes execute(): fatal for this actor (Ray restarts
-                        # it and retries the batch; committed parts are skipped then).
-                        self._die(f.exception() if not f.cancelled() else asyncio.CancelledError())
-                    r = out[futs[f]] = f.result()
-                    running[futs[f][0]] -= 1
-                    timing["prepare_seconds"] += r.timings.get("render", 0.0)
-                only_parts_left()
-                on_done(out, running, split)
+            for _ in range(len(futs)):
+                f = await finished.get()
+                if f.cancelled() or f.exception() is not None:
+                    # Only a dead engine escapes execute(): fatal for this actor (Ray restarts
+                    # it and retries the batch; committed parts are skipped then).
+                    self._die(f.exception() if not f.cancelled() else asyncio.CancelledError())
+                i, _ = futs[f]
+                r = out[futs[f]] = f.result()
+                timing["prepare_seconds"] += r.timings.get("render", 0.0)
+                running[i] -= 1
+                if not running[i] and i not in split:
+                    blocking -= 1
+                    if not blocking:
+                        release()
+                if not blocking:
+                    on_done(out, running, split)
         finally:  # a failed commit fails the batch: its requests still in the engine go too
-            for f in pending:
-                f.cancel()
+            for f in futs:
+                if not f.done():
+                    f.cancel()
         timing["generate_seconds"] += time.perf_counter() - t0
         return out
 
