@@ -60,7 +60,7 @@ class Service:
         merged = {**defaults, **{k: v for k, v in params.items() if v is not None}}
         if sampling:
             merged["sampling"] = {**defaults.get("sampling", {}), **sampling}
-        key = repr(sorted(merged.items()))
+        key = repr((name, sorted(merged.items())))  # the name first: two tasks may share parameters
         task = self._tasks.get(key)
         if task is not None:
             self._tasks.move_to_end(key)

@@ -79,6 +79,19 @@ def test_a_result_has_the_batch_columns(tiny_tokenizer):
     assert res["prompt_tokens"] == len(service.engine.prompts[0]) and res["output_tokens"] == 1
 
 
+def test_each_route_runs_its_own_task_whatever_was_asked_before(tiny_tokenizer):
+    # Tasks with no request parameters once shared one cached task: /v1/summarize after
+    # /v1/sentiment answered with a sentiment label (and failed its response model).
+    _, app = make(tiny_tokenizer)
+    for path, task, extra in (("/v1/sentiment", "sentiment", {}), ("/v1/summarize", "summarization", {}),
+                              ("/v1/translate", "translation", {"target_lang": "French"})):
+        r = run(post(app, path, {"text": "The council voted to build a library.", **extra}))
+        assert r.status_code == 200, (path, r.text)
+        (res,) = r.json()["results"]
+        batch_cols = set(TASKS[task].schema().names) - {"row_id", "source", "position", "run_id", "task"}
+        assert set(res) == batch_cols, path
+
+
 def test_several_texts_answer_in_order_with_per_text_errors(tiny_tokenizer):
     _, app = make(tiny_tokenizer)
     r = run(post(app, "/v1/summarize", {"texts": ["one text", "", "bad\x00text", "   "], "max_words": 10}))
