@@ -47,7 +47,8 @@ class Summarization(Task):
     # summary at its first word.
     SENTENCE_STOP = ["\n", ". ", "! ", "? "]
     SENTENCE_MIN_TOKENS = 8
-    default_sampling = {"stop": SENTENCE_STOP, "min_tokens": SENTENCE_MIN_TOKENS}
+    # The stop string stays in the output (then stripped): a summary keeps its full stop.
+    default_sampling = {"stop": SENTENCE_STOP, "min_tokens": SENTENCE_MIN_TOKENS, "include_stop_str_in_output": True}
     split_mode = "reduce"
 
     def params(self) -> dict[str, Any]:
@@ -61,6 +62,8 @@ class Summarization(Task):
                 kw["stop"] = ["\n"]  # one paragraph
             if self.cfg.sampling.min_tokens is None:
                 kw.pop("min_tokens", None)
+        if kw.get("stop") != self.SENTENCE_STOP:
+            kw.pop("include_stop_str_in_output", None)  # a line break, or the user's own stops: left out
         if self.cfg.sampling.max_tokens is None:
             kw["max_tokens"] = int(self.cfg.max_words * 1.5) + 16
         if self.cfg.sampling.min_tokens is None and "min_tokens" in kw:

@@ -42,10 +42,11 @@ def test_summary_length_bound_sets_max_tokens():
 def test_summary_ends_at_a_sentence_end_or_a_line_break():
     p = tasks(summarization={})["summarization"].sampling_params()
     assert "\n" in p.stop and ". " in p.stop and p.min_tokens > 0  # not at "Mr. " as the first word
+    assert p.include_stop_str_in_output  # the summary keeps its full stop
     line = tasks(summarization={"ends_at": "line"})["summarization"].sampling_params()
-    assert (line.stop, line.min_tokens) == (["\n"], 0)
+    assert (line.stop, line.min_tokens, line.include_stop_str_in_output) == (["\n"], 0, False)
     own = tasks(summarization={"sampling": {"stop": ["###"]}})["summarization"].sampling_params()
-    assert own.stop == ["###"]
+    assert own.stop == ["###"] and not own.include_stop_str_in_output
     assert tasks(summarization={"sampling": {"max_tokens": 4}})["summarization"].sampling_params().min_tokens == 4
 
 
