@@ -34,6 +34,16 @@ from pipeline.errors import ExitStatus
 logger = logging.getLogger("pipeline")
 
 
+def _context_policies() -> tuple[str, ...]:
+    """engine.context_policy's values, read from its config model (one list for run and serve)."""
+    import typing
+
+    from pipeline.config import EngineConfig
+
+    literal = next(a for a in typing.get_args(EngineConfig.model_fields["context_policy"].annotation) if a is not type(None))
+    return typing.get_args(literal)
+
+
 def _task_flags() -> list[tuple[str, str, str, Any]]:
     """(task, field, flag, parse) for every task-specific setting of a simple type: the CLI
     flags are derived from the task registry, so a new task brings its own."""
@@ -507,7 +517,8 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gib", type=float, help="CPU: KV cache per engine, GiB")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--context-policy", choices=["truncate", "reject"], help="text longer than the context")
+    p.add_argument("--context-policy", choices=_context_policies(),
+                   help="text longer than the context, for every task (default: each task's own, split)")
     p.add_argument("--max-texts", type=int, help="texts per request")
     p.add_argument("--max-chars", type=int, help="characters per text")
     p.add_argument("--max-tokens", type=int, help="cap on the tokens one answer may generate")
@@ -718,7 +729,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-rows", type=int, help="rows handed to an engine at once")
     p.add_argument("--hang-timeout", type=float, help="seconds without a finished request before an engine counts as dead")
-    p.add_argument("--context-policy", choices=["split", "truncate", "reject"],
+    p.add_argument("--context-policy", choices=_context_policies(),
                    help="text longer than the context, for every task (default: each task's own, split)")
     p.add_argument("--actors", type=int, help="inference actors (one engine each)")
     p.add_argument("--max-actor-restarts", type=int, help="restarts per inference actor before the run fails")
