@@ -261,13 +261,15 @@ def _split_to_fit(
     came out over the budget (token counts of pieces and of their concatenation can differ)."""
     budget = prompt_budget(task, ctx.max_model_len)
     mix = task.split_mode != "join" if mix is None else mix
-    for _ in range(4):
+    for attempt in range(8):
         parts = split(doc, ctx.tokenizer, limit, task.language(), mix_paragraphs=mix)
         planned = [PlannedPart(p, _prompt_ids(task, p.text, ctx.tokenizer)) for p in parts]
         over = max(len(p.ids) - budget for p in planned)
         if over <= 0:
             return planned
-        limit -= over + 1
+        # Packing moves with the limit, so the next try can be over elsewhere: shrink by the
+        # overshoot, and by a growing share of the limit when that was not enough.
+        limit -= max(over + 1, limit * attempt // 10)
         if limit < 1:
             break
     raise PromptTooLong(f"could not split the text into parts of at most {budget} prompt tokens")

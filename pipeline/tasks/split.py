@@ -172,4 +172,19 @@ def split(
     if limit < 1:
         raise ValueError(f"no room for text: a part may hold {limit} tokens")
     count = token_counter(tokenizer)
-    return pack(doc, units(doc, count, limit, lang, tokenizer), limit, mix_paragraphs, count(doc.breaks))
+    return pack(doc, units(doc, count, limit, lang, tokenizer), limit, mix_paragraphs, break_tokens(doc, count))
+
+
+def break_tokens(doc: Document, count: Counter) -> list[int]:
+    """What each paragraph break adds to the tokens of the text around it. A break counted
+    alone is not what it costs in place: byte-level BPE tokenizers take "\n\n" alone as one
+    token but, after a word, as two ("\n", "\n"); counted alone, 20 summaries packed into one
+    request came out 10 tokens over. So each break is counted between its neighbours' edge
+    words: tokens(left + break + right) - tokens(left) - tokens(right)."""
+    if not doc.breaks:
+        return []
+    lefts = [(p.rsplit(None, 1) or [""])[-1] for p in doc.paragraphs[:-1]]
+    rights = [(p.split(None, 1) or [""])[0] for p in doc.paragraphs[1:]]
+    joined = count([a + b + c for a, b, c in zip(lefts, doc.breaks, rights)])
+    alone_l, alone_r = count(lefts), count(rights)
+    return [max(j - l - r, 1) for j, l, r in zip(joined, alone_l, alone_r)]
