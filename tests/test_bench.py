@@ -109,3 +109,24 @@ def test_raw_vllms_threads_follow_its_binding_when_its_worker_is_not_seen():
     assert vllm_threads({"env": {}}, 8) == [7]  # vLLM's auto keeps a core for its scheduler
     assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}}, 2) == [2]
     assert vllm_threads({"env": {"VLLM_CPU_OMP_THREADS_BIND": "0,2,4"}}, 8) == [3]
+
+
+def test_process_cpu_report_finds_the_busy_worker_window_and_who_else_ran():
+    from bench.proc_cpu import report, windows
+
+    # Samples every 5 s: the worker computes from 10 s to 40 s (2 cores' worth), the driver
+    # takes a little all along, a process that appears mid-run takes some too.
+    snaps = []
+    for k in range(10):
+        t = 5.0 * k
+        busy = min(max(t - 10.0, 0.0), 30.0) * 1.9
+        snap = {"100": ("VLLM::Worker", busy), "7": ("python -m pipeline run", 0.05 * t)}
+        if t >= 20:
+            snap["300"] = ("ray::IDLE", 0.02 * (t - 20))
+        snaps.append((t, snap))
+    assert windows(snaps) == [(3, 7)]  # 10-40 s busy; its first and last intervals dropped
+    text = report(snaps, cores=2)
+    assert "steady window 15-35 s" in text and "the vLLM worker 38.0 (95% of the machine)" in text
+    lines = text.splitlines()
+    assert "VLLM::Worker" in lines[1] and "python -m pipeline run" in lines[2] and "ray::IDLE" in lines[3]
+    assert report(snaps[:2], cores=2) == "no span with a busy vLLM worker"
