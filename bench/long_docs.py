@@ -241,6 +241,8 @@ def _mixed(args: argparse.Namespace) -> dict[str, Any]:
     tasks = {"translation": {"target_lang": "French", "sampling": {"max_tokens": args.max_tokens, "min_tokens": args.max_tokens}}}
     engine = {"max_model_len": args.max_model_len, "batch_rows": args.batch_rows, "kv_cache_gib": 0.5,
               "batches_in_flight": args.batches_in_flight}
+    if args.max_parts_in_flight:
+        engine["max_parts_in_flight"] = args.max_parts_in_flight
     runs = {}
     for name, inputs in (("short only", [short]), ("short + long", [long_file, short])):
         out = work / name.replace(" ", "").replace("+", "_")
@@ -271,7 +273,8 @@ def _mixed(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "what": f"translation, {args.short} one-line rows, plus {args.long} documents of {args.contexts} x max_model_len "
         f"{args.max_model_len} tokens; {args.max_tokens} output tokens per request; model {Path(model).name}; "
-        f"batch_rows {args.batch_rows}, batches_in_flight {args.batches_in_flight}",
+        f"batch_rows {args.batch_rows}, batches_in_flight {args.batches_in_flight}, "
+        f"max_parts_in_flight {args.max_parts_in_flight or 'default'}",
         "runs": runs,
         "short_throughput_ratio": round(b["short_rows_per_s"] / a["short_rows_per_s"], 3),
         "work": str(work),
@@ -350,6 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=48, help="mixed, largest: translation tokens per request")
     ap.add_argument("--batch-rows", type=int, default=256, help="mixed: engine.batch_rows")
     ap.add_argument("--batches-in-flight", type=int, default=2, help="mixed: engine.batches_in_flight")
+    ap.add_argument("--max-parts-in-flight", type=int, default=None, help="mixed: engine.max_parts_in_flight (default: the engine's)")
     ap.add_argument("--rows-per-unit", type=int, default=250, help="mixed: output.rows_per_unit")
     ap.add_argument("--tasks", default="translation,summarization", help="largest: tasks")
     ap.add_argument("--work", help="mixed, largest: working folder (default: a new temporary one)")

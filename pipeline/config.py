@@ -208,6 +208,13 @@ class EngineConfig(_Model):
         "is many requests); the rest wait their turn in order. Default: 2 x max_num_seqs, so the engine's batch "
         "is always full and its waiting queue short.",
     )
+    max_parts_in_flight: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Most requests for parts of split texts an engine holds at once while whole texts are also "
+        "arriving (held, waiting, or let in within the last 2 s), so that short rows are not held back behind a "
+        "long document's parts; with no whole texts about, parts take every slot. Default: max_num_seqs / 32.",
+    )
     hang_timeout_s: float = Field(
         600,
         gt=0,
