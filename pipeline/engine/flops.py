@@ -168,7 +168,8 @@ def known_peak(dtype: str, threads: int) -> Optional[float]:
 
 def measure_peak(dtype: str, cpus: Sequence[int], seconds: float = 3.0, save: bool = True) -> float:
     """Best GFLOP/s of a PEAK_N² matrix product in torch, `len(cpus)` threads pinned to
-    `cpus`, in a fresh process (torch's thread pool is sized once per process)."""
+    `cpus`, in a fresh process (torch's thread pool is sized once per process). With `save`,
+    the best of this and the cached figure is kept and returned."""
     env = {**os.environ, "OMP_NUM_THREADS": str(len(cpus)), "OMP_PROC_BIND": "true",
            "OMP_PLACES": "{" + "},{".join(str(c) for c in cpus) + "}"}
     code = (
@@ -191,8 +192,15 @@ def measure_peak(dtype: str, cpus: Sequence[int], seconds: float = 3.0, save: bo
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             data = {}
-        data[peak_key(dtype, len(cpus))] = {"gflops": round(gflops, 1), "cpus": list(cpus),
-                                             "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        key = peak_key(dtype, len(cpus))
+        # A peak is a maximum: another process on these cores only ever lowers a measurement
+        # (2026-11-23: a bf16 product on 2 threads read 421 GFLOP/s while a neighbour ran,
+        # 884 alone), so the best figure for the same machine, torch, dtype and threads stands.
+        known = (data.get(key) or {}).get("gflops")
+        if known is not None and known > gflops:
+            return float(known)
+        data[key] = {"gflops": round(gflops, 1), "cpus": list(cpus),
+                     "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, path)

@@ -40,3 +40,16 @@ def test_measured_peak_is_cached_and_gives_the_utilization(tmp_path, monkeypatch
     assert "float32 | 1 threads" in next(iter(json.loads((tmp_path / "peaks.json").read_text())))
     u = utilization(m, 1000, 100, 10, 1.0, [("float32", 1)])
     assert u.mfu == pytest.approx(m.run_flops(1000, 100, 10) / 1e9 / known_peak("float32", 1))
+
+
+def test_a_disturbed_peak_measurement_does_not_lower_the_cached_peak(tmp_path, monkeypatch):
+    """A peak is a maximum: a measurement taken while another process shared the cores (it
+    once read half the true two-thread bf16 peak) must not replace a better one."""
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path))
+    g = measure_peak("float32", [0], seconds=0.3)
+    key = next(iter(json.loads((tmp_path / "peaks.json").read_text())))
+    data = json.loads((tmp_path / "peaks.json").read_text())
+    data[key]["gflops"] = 10 * g  # a better figure measured earlier
+    (tmp_path / "peaks.json").write_text(json.dumps(data))
+    assert measure_peak("float32", [0], seconds=0.3) == pytest.approx(10 * g, abs=0.1)
+    assert known_peak("float32", 1) == pytest.approx(10 * g, abs=0.1)
