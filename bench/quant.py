@@ -27,6 +27,7 @@ FORMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
     "bf16 (default)": (None, {}),
     "fp32": (None, {"dtype": "float32"}),
     "W8A8 int8": ("W8A8", {}),
+    "W8A8 int8, down_proj bf16": ("W8A8-keep-down", {}),
     "W4A16 g64": ("W4A16", {}),
     "W8A16 g64": ("W8A16", {}),
 }
@@ -47,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.quant", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--forms", default="", help=f"comma-separated, of: {', '.join(FORMS)}")
+    ap.add_argument("--forms", default="", help=f"comma-separated, of: {', '.join(FORMS)}; each may end in ' + zentorch'")
     ap.add_argument("--zentorch", default="", help="a folder holding AMD's zentorch (pip install --no-deps --target DIR "
                     "zentorch==<torch's version> deprecated): adds the forms '... + zentorch', run with it on the path, "
                     "where vLLM picks its Zen CPU platform and kernels (AMD CPUs with AVX-512)")
@@ -62,10 +63,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     out, work = Path(args.out), Path(args.work)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     src = models(work)["smollm2"]
-    chosen = [f.strip() for f in args.forms.split(",") if f.strip()] or list(FORMS)
     zen = {"PYTHONPATH": os.pathsep.join([str(ROOT), args.zentorch, os.environ.get("PYTHONPATH", "")])} if args.zentorch else {}
-    if zen:
-        chosen += [f"{label} + zentorch" for label in chosen if FORMS[label][0] in (None, "W8A8") and label != "fp32"]
+    chosen = [f.strip() for f in args.forms.split(",") if f.strip()]
+    if not chosen:  # every form, and with --zentorch each one zentorch has kernels for (not fp32, W8A16)
+        chosen = list(FORMS) + ([f"{label} + zentorch" for label in FORMS if label not in ("fp32", "W8A16 g64")] if zen else [])
+    if not zen and any(label.endswith(" + zentorch") for label in chosen):
+        ap.error("the '+ zentorch' forms need --zentorch DIR")
     name = f"quant-smollm2-{args.rows}" + ("-zentorch" if zen else "")
     wls = {}
     for label in chosen:

@@ -6,6 +6,8 @@ local HF model, data-free (round-to-nearest), for vLLM's CPU kernels.
     W4A16  4-bit weights in groups of --group-size, bf16 activations
            (vLLM: CompressedTensorsWNA16 -> CPUWNA16LinearKernel); the analogue of the GGUF Q4_1 file
     W8A16  the same with 8-bit weights
+    W8A8-keep-down  W8A8 with the MLPs' down projections left unquantized (their inputs, after
+           the gated activation, are where a small model's activation outliers sit)
 
 No calibration data: the weight scales come from each channel's (group's) own range, and the W8A8
 activation scales are computed per token at run time. The compression (packing, config.json's
@@ -41,13 +43,16 @@ def build(src: Path, out: Path, scheme: str = "W8A8", group_size: int = 64, dtyp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype))
+    ignore = ["lm_head"]
+    if scheme.endswith("-keep-down"):
+        scheme, ignore = scheme.removesuffix("-keep-down"), ignore + ["re:.*down_proj$"]
     if scheme in ("W4A16", "W8A16"):
         # the presets' groups of 128 do not divide SmolLM2's hidden size (576); Q4_1 uses 32
         qs = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
             num_bits=4 if scheme == "W4A16" else 8, strategy=QuantizationStrategy.GROUP, group_size=group_size, symmetric=True))
     else:
         qs = preset_name_to_scheme(scheme, ["Linear"])
-    config = QuantizationConfig(config_groups={"group_0": qs}, ignore=["lm_head"])
+    config = QuantizationConfig(config_groups={"group_0": qs}, ignore=ignore)
     apply_quantization_config(model, config)
 
     with torch.no_grad():
@@ -84,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.quant_build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--scheme", choices=("W8A8", "W4A16", "W8A16"), default="W8A8")
+    ap.add_argument("--scheme", choices=("W8A8", "W4A16", "W8A16", "W8A8-keep-down"), default="W8A8")
     ap.add_argument("--group-size", type=int, default=64)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
