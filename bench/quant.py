@@ -27,7 +27,7 @@ FORMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
     "bf16 (default)": (None, {}),
     "fp32": (None, {"dtype": "float32"}),
     "W8A8 int8": ("W8A8", {}),
-    "W8A8 int8, down_proj bf16": ("W8A8-keep-down", {}),
+    "W8A8 int8 bf16 down_proj": ("W8A8-keep-down", {}),
     "W4A16 g64": ("W4A16", {}),
     "W8A16 g64": ("W8A16", {}),
 }
