@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -95,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = {"workload": name, "rows": args.rows, "cores": cores, "env": bind_all, "zentorch": args.zentorch or None,
               "models": {label: wls[label].model for label in chosen},
               "summary": {label: summarize(rs) for label, rs in runs.items()}, "runs": runs,
-              "command": " ".join(["python -m bench.quant", *(argv if argv is not None else sys.argv[1:])])}
+              "command": "python -m bench.quant " + shlex.join(argv if argv is not None else sys.argv[1:])}
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     table = render(report)
     (out / f"{name}.md").write_text(table)
