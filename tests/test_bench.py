@@ -130,3 +130,26 @@ def test_process_cpu_report_finds_the_busy_worker_window_and_who_else_ran():
     lines = text.splitlines()
     assert "VLLM::Worker" in lines[1] and "python -m pipeline run" in lines[2] and "ray::IDLE" in lines[3]
     assert report(snaps[:2], cores=2) == "no span with a busy vLLM worker"
+
+
+def test_quantized_checkpoint_holds_int8_weights_within_half_a_step_and_the_config_vllm_reads(tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from bench.quant_build import build
+
+    out = build(tiny_model, tmp_path / "w8a8", "W8A8", dtype="float32")
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    group = q["config_groups"]["group_0"]
+    assert q["quant_method"] == "compressed-tensors" and "lm_head" in q["ignore"]
+    assert (group["weights"]["num_bits"], group["weights"]["strategy"]) == (8, "channel")
+    assert (group["input_activations"]["strategy"], group["input_activations"]["dynamic"]) == ("token", True)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    got = load_file(out / "model.safetensors")
+    name = next(k for k in got if k.endswith("mlp.down_proj.weight"))
+    w, scale = got[name], got[name.removesuffix("weight") + "weight_scale"]
+    assert w.dtype == torch.int8
+    # each channel's scale spans its own range (max |w| / 127.5): its extreme lands on 127 or -128
+    assert set(w.float().abs().amax(dim=1).tolist()) <= {127.0, 128.0}
+    assert torch.all((w.float() * scale - ref[name]).abs() <= scale / 2 + 1e-6)
