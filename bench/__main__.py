@@ -54,13 +54,23 @@ class Spec:
     variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+def bind_all_env(cores: int) -> dict[str, str]:
+    """Raw vLLM's compute threads bound to every core ("vllm bind=all"; vLLM's own default
+    keeps one core per engine for its scheduler)."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}" if cores > 1 else "0"}
+
+
+def requests_per_row(workload: str) -> int:
+    """Engine requests per input row: prefix-3tasks runs all three tasks over each row."""
+    return 3 if workload == "prefix-3tasks" else 1
+
+
 def binding_variants(cores: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """What the thread-binding targets compare: raw vLLM with every core bound (its best
     here: bench/README.md, "Threads and engines"), and ours with vLLM's own default binding
     (one core kept for its scheduler): the figure before our binding plan."""
-    every = f"0-{cores - 1}" if cores > 1 else "0"
     return {
-        "vllm bind=all": ("vllm", {"env": {"VLLM_CPU_OMP_THREADS_BIND": every}}),
+        "vllm bind=all": ("vllm", {"env": bind_all_env(cores)}),
         "ours cpu_bind=auto": ("ours", {"engine": {"cpu_bind": "auto"}}),
     }
 
@@ -313,14 +323,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         entry = {"what": spec.what, "rows": spec.rows, "model": spec.model, "sampling": spec.sampling, "results": {}}
         runs: list[tuple[str, str, Optional[dict]]] = [(s, s, None) for s in spec.systems if not pick or s in pick]
         runs += [(s, label, opt) for label, (s, opt) in spec.variants.items() if not pick or s in pick or label in pick]
-        per_row = 1
+        per_row = requests_per_row(spec.name)
         # All three tasks: our CPU default block size (32), then vLLM's (128). Translation
         # truncates, as when these figures were first taken (split would make its 64-token
         # answers several requests per text).
         if spec.name == "prefix-3tasks":
             three = {"tasks": {"sentiment": {}, "summarization": {"max_words": 30}, "translation": {"target_lang": "French", "sampling": {"max_tokens": 64}, "context_policy": "truncate"}}}
             runs = [(s, label, {**three, **(opt or {})}) for s, label, opt in runs]
-            per_row = 3
         flops = ModelFlops.from_model(paths[spec.model])
         for system, label, options in runs:
             print(f"[bench] {spec.name}: {label} ...", flush=True)
@@ -361,13 +370,13 @@ def rederive(out: Path, work: Path) -> int:
     for key in report.get("matrix_peaks_gflops") or {}:
         dtype, threads = key.split(" x")
         peaks[key] = known_peak(dtype, int(threads)) or report["matrix_peaks_gflops"][key]
-    report["matrix_peaks_gflops_at_run"] = report.get("matrix_peaks_gflops")
+    report.setdefault("matrix_peaks_gflops_at_run", report.get("matrix_peaks_gflops"))  # a second rederive keeps the first's
     report["matrix_peaks_gflops"] = peaks
     paths = models(work)
     specs = {s.name: s for s in suite(report.get("quick", False))}
     for name, entry in report["workloads"].items():
         flops = ModelFlops.from_model(paths[specs[name].model])
-        per_row = 3 if name == "prefix-3tasks" else 1
+        per_row = requests_per_row(name)
         entry["results"] = {label: derive(r, flops, per_row) for label, r in entry["results"].items()}
         entry["ratios"] = ratios(entry["results"])
     report["checks"] = checks(report)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.__main__ import FIXED, ROOT, _physical_cores, derive, models, run_system, system_dtype
+from bench.__main__ import FIXED, ROOT, _physical_cores, bind_all_env, derive, models, run_system, system_dtype
 
 # label -> (quant_build scheme or None for the model itself, engine settings)
 FORMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from bench.workloads import build
 
     cores = _physical_cores()
-    bind_all = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}" if cores > 1 else "0"}  # bench.threads' "vllm bind=all"
+    bind_all = bind_all_env(cores)
     out, work = Path(args.out), Path(args.work)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     src = models(work)["smollm2"]
@@ -74,13 +74,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     wls = {}
     for label in chosen:
         scheme, engine = FORMS[label.removesuffix(" + zentorch")]
-        slug = "".join(ch if ch.isalnum() else "_" for ch in label)
         # same corpus and tokenizer, so the same prompt tokens for every form
-        wls[label] = build(work / "quant" / f"{name}.{slug}", name, checkpoint(src, scheme, work), args.rows, 200, FIXED(64), engine)
+        wls[label] = build(work / "quant" / f"{name}.{_slug(label)}", name, checkpoint(src, scheme, work), args.rows, 200, FIXED(64), engine)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in chosen}
     for rep in range(args.repeat):
         for label in chosen:
-            slug = "".join(ch if ch.isalnum() else "_" for ch in label) + f".{rep}"
+            slug = f"{_slug(label)}.{rep}"
             print(f"[quant] {label} (run {rep + 1}) ...", flush=True)
             r = run_system("vllm", wls[label].dir, out / "logs" / f"{name}.{slug}.json", out / "logs" / f"{name}.{slug}.log",
                            {"env": {**bind_all, **(zen if label.endswith(" + zentorch") else {})}})
@@ -102,6 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     (out / f"{name}.md").write_text(table)
     print("\n" + table)
     return 0
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in label)
 
 
 def root_cause(log: str) -> list[str]:

@@ -20,14 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.__main__ import FIXED, ROOT, _physical_cores, derive, measure_peaks, models, run_system, system_dtype, vllm_threads
+from bench.__main__ import FIXED, ROOT, _physical_cores, bind_all_env, derive, measure_peaks, models, run_system, system_dtype, vllm_threads
 
 
 def configurations(cores: int) -> list[tuple[str, str, dict[str, Any], str]]:
     """(label, system, options, predicted gain over vLLM's default binding and why), the
     predictions written before measuring."""
-    every = f"0-{cores - 1}" if cores > 1 else "0"
-    bind_all = {"VLLM_CPU_OMP_THREADS_BIND": every}
+    bind_all = bind_all_env(cores)
     # raw vLLM with everything in one process (vLLM's own single-process mode): the model
     # runs in the calling process, so its OpenMP settings are this process's
     one_process = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(cores),

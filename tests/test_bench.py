@@ -153,3 +153,27 @@ def test_quantized_checkpoint_holds_int8_weights_within_half_a_step_and_the_conf
     # each channel's scale spans its own range (max |w| / 127.5): its extreme lands on 127 or -128
     assert set(w.float().abs().amax(dim=1).tolist()) <= {127.0, 128.0}
     assert torch.all((w.float() * scale - ref[name]).abs() <= scale / 2 + 1e-6)
+
+
+def test_rederive_uses_the_peaks_cached_now_and_keeps_the_ones_measured_at_the_run(tmp_path, tiny_model, monkeypatch):
+    """A peak measured while another process ran made MFU too high; `--rederive` recomputes
+    over the cached peak, and a second rederive still names what the run had measured."""
+    import bench.__main__ as b
+    import pipeline.engine.flops as fl
+
+    monkeypatch.setattr(fl, "known_peak", lambda dtype, threads: {("bfloat16", 2): 884.0}.get((dtype, threads)))
+    monkeypatch.setattr(b, "models", lambda work: {"tiny": str(tiny_model), "smollm2": str(tiny_model)})
+    monkeypatch.setattr(b, "chart", lambda report, path: None)
+    ours = {**_r(10, 5, 10), "prompt_tokens": 3000, "dtype": "bfloat16", "engine_threads": [2]}
+    report = {"machine": {"cpu": "x", "cores": 2, "memory_gib": 1, "versions": {}}, "started": "t", "command": "c",
+              "matrix_peaks_gflops": {"bfloat16 x2": 421.0},
+              "workloads": {"tiny-fixed": {"results": {"ours": ours}}}}
+    (tmp_path / "results.json").write_text(json.dumps(report))
+    for _ in range(2):
+        assert b.rederive(tmp_path, tmp_path / "work") == 0
+    got = json.loads((tmp_path / "results.json").read_text())
+    r = got["workloads"]["tiny-fixed"]["results"]["ours"]
+    assert got["matrix_peaks_gflops"] == {"bfloat16 x2": 884.0}
+    assert got["matrix_peaks_gflops_at_run"] == {"bfloat16 x2": 421.0}
+    assert r["mfu"] == r["gflops_s"] / 884.0
+    assert "bfloat16 x2 421" in (tmp_path / "table.md").read_text()
