@@ -247,6 +247,12 @@ def test_engine_killed_under_load_the_replica_is_replaced_and_retrying_clients_s
     assert not other, other[:5]  # nothing but 200 or a 503 to retry
     assert len(done) == n_total and set(done.values()) == {1}
     assert retries["unavailable"] >= 1  # requests in flight at the kill were told to retry
-    (new_engine,) = server.engine_processes()
+    # The replacement's engine, once it is the only one (seen once, right after the last
+    # answer, none was found; why was not established), waited for up to 30 s.
+    deadline = time.monotonic() + 30
+    while len(engines := server.engine_processes()) != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(engines) == 1, [(p.pid, p.cmdline()) for p in engines]
+    (new_engine,) = engines
     assert new_engine.pid != engine.pid
     assert server.engine_state()["in_flight"] == 0
